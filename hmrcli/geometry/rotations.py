@@ -1,0 +1,86 @@
+"""Rotation representations: the HMR/SPIN/CLIFF 6D representation and axis-angle.
+
+6D convention (METHOD.md section 3; SPIN/CLIFF ``rot6d_to_rotmat``): the six
+numbers are read as a 3x2 matrix **row by row**, so its columns are
+``a1 = x[[0, 2, 4]]`` and ``a2 = x[[1, 3, 5]]``; then
+``b1 = a1 / |a1|``, ``b2 = normalise(a2 - (b1 . a2) b1)``, ``b3 = b1 x b2``
+and ``R = [b1 | b2 | b3]`` (columns).  :func:`rotmat_to_rot6d` is the inverse
+(the first two columns of ``R``, flattened row by row).
+
+Axis-angle vectors ``(..., 3)`` (radians, right-handed) convert with roma.
+
+All functions take torch tensors (any leading dims, device/dtype kept);
+numpy arrays are accepted and give numpy results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import roma
+import torch
+import torch.nn.functional as F
+
+from ._array import Array
+
+__all__ = [
+    "axis_angle_to_rotmat",
+    "rot6d_to_rotmat",
+    "rotmat_to_axis_angle",
+    "rotmat_to_rot6d",
+]
+
+
+def _to_torch(x: Array) -> tuple[torch.Tensor, bool]:
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        return x, False
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    return torch.from_numpy(np.ascontiguousarray(a)), True
+
+
+def _back(x: torch.Tensor, was_numpy: bool) -> Array:
+    return x.numpy() if was_numpy else x
+
+
+def rot6d_to_rotmat(x: Array) -> Array:
+    """6D rotation representation (..., 6) -> rotation matrices (..., 3, 3).
+
+    Bit-for-bit the SPIN/CLIFF operation order (``F.normalize`` with its
+    default ``eps=1e-12``), so regressors trained with it decode identically.
+    """
+    x, was_np = _to_torch(x)
+    if x.shape[-1:] != (6,):
+        raise ValueError(f"x must have shape (..., 6), got {tuple(x.shape)}")
+    m = x.reshape(*x.shape[:-1], 3, 2)
+    a1, a2 = m[..., 0], m[..., 1]
+    b1 = F.normalize(a1, dim=-1)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return _back(torch.stack((b1, b2, b3), dim=-1), was_np)
+
+
+def rotmat_to_rot6d(R: Array) -> Array:
+    """Rotation matrices (..., 3, 3) -> 6D representation (..., 6) (first two columns, row-major)."""
+    R, was_np = _to_torch(R)
+    if R.shape[-2:] != (3, 3):
+        raise ValueError(f"R must have shape (..., 3, 3), got {tuple(R.shape)}")
+    return _back(R[..., :, :2].reshape(*R.shape[:-2], 6), was_np)
+
+
+def axis_angle_to_rotmat(rotvec: Array) -> Array:
+    """Axis-angle vectors (..., 3) (radians) -> rotation matrices (..., 3, 3) (roma)."""
+    rotvec, was_np = _to_torch(rotvec)
+    if rotvec.shape[-1:] != (3,):
+        raise ValueError(f"rotvec must have shape (..., 3), got {tuple(rotvec.shape)}")
+    return _back(roma.rotvec_to_rotmat(rotvec), was_np)
+
+
+def rotmat_to_axis_angle(R: Array) -> Array:
+    """Rotation matrices (..., 3, 3) -> axis-angle vectors (..., 3), angle in [0, pi] (roma)."""
+    R, was_np = _to_torch(R)
+    if R.shape[-2:] != (3, 3):
+        raise ValueError(f"R must have shape (..., 3, 3), got {tuple(R.shape)}")
+    return _back(roma.rotmat_to_rotvec(R), was_np)
