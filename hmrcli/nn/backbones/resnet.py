@@ -1,0 +1,61 @@
+"""ResNet-50 feature extractor (pooled 2048-d feature, no classifier)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._blocks import Bottleneck, batch_norm, global_avg_pool, init_weights, make_res_layer
+
+__all__ = ["ResNet", "resnet50"]
+
+
+class ResNet(nn.Module):
+    """Bottleneck ResNet (He et al., "Deep Residual Learning for Image
+    Recognition", CVPR 2016) without its ImageNet classifier.
+
+    Stem ``conv1`` (7x7, stride 2) + ``bn1`` + ReLU + 3x3/2 max-pool, then
+    ``layer1``..``layer4`` (64/128/256/512 planes, x4 expansion, strides 1/2/2/2),
+    then a global average pool: ``forward(x (B,3,H,W)) -> (B, 2048)``. Any input
+    size works (224x224 gives a 7x7 map, 256x192 an 8x6 map; the authors'
+    ``AvgPool2d`` of exactly that size equals the global mean used here).
+
+    Parameter names are torchvision's (``fc`` left out), which are also those of
+    HMR/SPIN, CLIFF's ResNet-50 release (``res50-PA45.7_MJE72.0_MVE85.3_3dpw.pt``,
+    backbone under ``encoder.``) and the Multi-RoI authors' ``HMR_sim`` (backbone
+    unprefixed). ImageNet torchvision weights load after dropping ``fc.*``.
+    """
+
+    def __init__(self, layers: Sequence[int] = (3, 4, 6, 3)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = batch_norm(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        widths = (64, 128, 256, 512)
+        in_ch = 64
+        for idx, (planes, n) in enumerate(zip(widths, layers, strict=True)):
+            stride = 1 if idx == 0 else 2
+            self.add_module(f"layer{idx + 1}", make_res_layer(Bottleneck, in_ch, planes, n, stride))
+            in_ch = planes * Bottleneck.expansion
+        self.feature_dim = in_ch
+        init_weights(self)
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> last feature map (B, 2048, ceil(H/32), ceil(W/32))."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, feature_dim) pooled features."""
+        return global_avg_pool(self.forward_maps(x))
+
+
+def resnet50() -> ResNet:
+    """ResNet-50 (3, 4, 6, 3 bottlenecks): 2048-d feature."""
+    return ResNet((3, 4, 6, 3))

@@ -1,0 +1,244 @@
+"""Regressor checkpoints: the native format, the authors' and CLIFF's files.
+
+Native format (what ``hmrcli weights convert`` writes): ``NAME.safetensors`` (weights,
+native parameter names: backbone under ``backbone.``) plus ``NAME.json`` (a
+:class:`RegressorConfig`: architecture, backbone, M, crop size, box convention, body model
+that pose/shape refer to, provenance).
+
+Also loaded directly (always with ``torch.load(weights_only=True)``):
+
+* the authors' Multi-RoI files (``{'model': state_dict, 'optimizer': ..., ...}``), layouts
+  ``mroi_res50`` (``HMR_sim``: backbone keys unprefixed) and ``mroi_hr48``
+  (``HMR_sim_hrnet``: backbone under ``backbone.``, 720-d pose-HRNet features);
+* CLIFF's released files (``res50-*.pt``, ``hr48-*.pt``: weights under ``model``, maybe a
+  ``module.`` prefix, backbone under ``encoder.``), as the single-RoI CLIFF model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "RegressorConfig",
+    "LAYOUTS",
+    "read_state_dict",
+    "detect_layout",
+    "to_native",
+    "config_for_layout",
+    "build_model",
+    "load_checkpoint",
+    "save_native",
+]
+
+HEAD_PREFIXES = ("init_pose", "init_shape", "init_cam", "pos_enc.", "fc1.", "fc2.", "decpose.",
+                 "decshape.", "deccam.", "fuse_fc.", "attention.", "proj_head.")
+
+# layout name -> (architecture, backbone, description)
+LAYOUTS: dict[str, tuple[str, str, str]] = {
+    "native": ("", "", "hmrcli native (safetensors + JSON config)"),
+    "mroi_res50": ("multiroi", "resnet50", "Multi-RoI authors' HMR_sim (ResNet-50)"),
+    "mroi_hr48": ("multiroi", "hrnet_w48_pose", "Multi-RoI authors' HMR_sim_hrnet (pose-HRNet-W48, 720-d)"),
+    "cliff_res50": ("cliff", "resnet50", "CLIFF release, ResNet-50"),
+    "cliff_hr48": ("cliff", "hrnet_w48_cls", "CLIFF release, classification HRNet-W48 (2048-d)"),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the model it looks like."""
+
+
+@dataclass
+class RegressorConfig:
+    """Everything needed to rebuild a regressor and interpret its outputs.
+
+    crop_hw: crop size in pixels (H, W); aspect: ``rect`` (256x192, b = crop height) or
+    ``square`` (224x224); body_model: the body model its pose/shape refer to (``smpl`` for
+    all published checkpoints: SMPL neutral, 10 betas); aggregation: ``code`` (RoI 0) or
+    ``paper`` (mean fused feature).
+    """
+
+    arch: str = "multiroi"  # "multiroi" | "cliff"
+    backbone: str = "resnet50"
+    num_rois: int = 5
+    crop_hw: tuple[int, int] = (256, 192)
+    aspect: str = "rect"
+    box_rescale: float = 1.1
+    body_model: str = "smpl"
+    aggregation: str = "code"
+    n_iter: int = 3
+    format_version: int = 1
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["crop_hw"] = list(self.crop_hw)
+        d["schema"] = "hmrcli.regressor/1"
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RegressorConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "crop_hw" in kw:
+            kw["crop_hw"] = tuple(int(x) for x in kw["crop_hw"])
+        return cls(**kw)
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path}: not a model checkpoint (expected a state dict of tensors, or one under 'model')"
+        )
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read weights (and the native JSON config when there is one) without running code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+        cfg_path = path.with_suffix(".json")
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+        return sd, cfg
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file...
+        raise CheckpointError(
+            f"{path}: cannot be loaded as a PyTorch checkpoint with weights_only=True "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+    return _unwrap(obj, path), None
+
+
+def detect_layout(sd: dict[str, torch.Tensor]) -> str:
+    keys = sd.keys()
+    if any(k.startswith("encoder.") for k in keys):
+        return "cliff_hr48" if any(k.startswith("encoder.incre_modules") for k in keys) else "cliff_res50"
+    if "fuse_fc.weight" in sd:
+        if any(k.startswith("backbone.") for k in keys):
+            d = sd["fuse_fc.weight"].shape[1] - 195
+            return "mroi_hr48" if d == 720 else "native"
+        return "mroi_res50"
+    if any(k.startswith("backbone.") for k in keys):
+        return "native"
+    return "unknown"
+
+
+def to_native(sd: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """Rename a state dict of ``layout`` to hmrcli's native parameter names."""
+    if layout in ("native", "mroi_hr48"):
+        return dict(sd)
+    if layout == "mroi_res50":
+        return {(k if k.startswith(HEAD_PREFIXES) else f"backbone.{k}"): v for k, v in sd.items()}
+    if layout in ("cliff_res50", "cliff_hr48"):
+        return {(f"backbone.{k[len('encoder.'):]}" if k.startswith("encoder.") else k): v for k, v in sd.items()}
+    raise CheckpointError(f"unknown checkpoint layout {layout!r}")
+
+
+def config_for_layout(layout: str, sd: dict[str, torch.Tensor]) -> RegressorConfig:
+    arch, backbone, desc = LAYOUTS[layout]
+    num_rois = int(sd["attention.4.weight"].shape[0]) if arch == "multiroi" else 1
+    return RegressorConfig(arch=arch, backbone=backbone, num_rois=num_rois,
+                           provenance={"layout": layout, "description": desc})
+
+
+def build_model(cfg: RegressorConfig) -> nn.Module:
+    from hmrcli.nn.backbones import create_backbone
+    from hmrcli.nn.multiroi import CLIFFRegressor, MultiRoIHMR
+
+    backbone = create_backbone(cfg.backbone)
+    if cfg.arch == "multiroi":
+        return MultiRoIHMR(backbone, num_rois=cfg.num_rois, n_iter=cfg.n_iter, aggregation=cfg.aggregation)
+    if cfg.arch == "cliff":
+        return CLIFFRegressor(backbone, n_iter=cfg.n_iter)
+    raise CheckpointError(f"unknown architecture {cfg.arch!r}")
+
+
+def _key_report(missing: list[str], unexpected: list[str], limit: int = 8) -> str:
+    def fmt(ks: list[str]) -> str:
+        return ", ".join(ks[:limit]) + (f" ... (+{len(ks) - limit} more)" if len(ks) > limit else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {fmt(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {fmt(unexpected)}")
+    return "; ".join(parts)
+
+
+def load_checkpoint(path: str | os.PathLike, aggregation: str | None = None) -> tuple[nn.Module, RegressorConfig]:
+    """Load any supported checkpoint into a model (CPU, eval mode) and its config."""
+    path = Path(path)
+    sd, cfg_json = read_state_dict(path)
+    layout = "native" if cfg_json is not None else detect_layout(sd)
+    if layout == "unknown":
+        sample = ", ".join(list(sd)[:5])
+        raise CheckpointError(
+            f"{path}: unrecognised checkpoint layout (first keys: {sample}); supported: "
+            + "; ".join(f"{k} = {v[2]}" for k, v in LAYOUTS.items())
+        )
+    if layout == "native":
+        if cfg_json is None:
+            raise CheckpointError(f"{path}: native weights need their JSON config beside them ({path.with_suffix('.json').name})")
+        cfg = RegressorConfig.from_json(cfg_json)
+    else:
+        cfg = config_for_layout(layout, sd)
+        cfg.provenance["source_file"] = path.name
+    if aggregation is not None:
+        cfg.aggregation = aggregation
+    model = build_model(cfg)
+    native = to_native(sd, layout)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(native))
+    unexpected = sorted(set(native) - set(expected))
+    shape_bad = [k for k in set(expected) & set(native) if tuple(expected[k].shape) != tuple(native[k].shape)]
+    if missing or unexpected or shape_bad:
+        msg = _key_report(missing, unexpected)
+        if shape_bad:
+            k = sorted(shape_bad)[0]
+            msg += f"; {len(shape_bad)} shape mismatches, e.g. {k}: file {tuple(native[k].shape)} vs model {tuple(expected[k].shape)}"
+        raise CheckpointError(f"{path}: looks like {LAYOUTS[layout][2]} ({layout}) but does not match it: {msg}")
+    model.load_state_dict(native, strict=True)
+    return model.eval(), cfg
+
+
+def save_native(model: nn.Module, cfg: RegressorConfig, out: str | os.PathLike) -> Path:
+    """Write ``OUT.safetensors`` + ``OUT.json`` atomically; returns the weights path."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp_w = out.with_name(f".{out.name}.tmp")
+    tmp_c = out.with_name(f".{out.stem}.json.tmp")
+    save_file(sd, str(tmp_w), metadata={"format": "hmrcli.regressor/1"})
+    tmp_c.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+    os.replace(tmp_w, out)
+    os.replace(tmp_c, out.with_suffix(".json"))
+    return out
