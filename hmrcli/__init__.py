@@ -2,6 +2,7 @@
 
 Python API (the CLI is a thin layer over it):
 
+* :func:`hmrcli.load_regressor` -- a Multi-RoI / CLIFF network from any supported checkpoint;
 * :func:`hmrcli.body.load_body_model` -- the user's SMPL files or the free default body;
 * :mod:`hmrcli.geometry` -- boxes, RoIs, crops, ``bbox_info``, cameras, projection;
 * :func:`hmrcli.diagnostics.collect` -- what ``hmrcli doctor`` reports.
@@ -9,4 +10,12 @@ Python API (the CLI is a thin layer over it):
 
 from hmrcli._version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_regressor", "load_body_model"]
+
+
+def __getattr__(name: str):  # lazy: importing hmrcli stays cheap for the CLI
+    if name in ("load_regressor", "load_body_model"):
+        from hmrcli import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hmrcli' has no attribute {name!r}")

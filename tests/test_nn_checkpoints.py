@@ -166,3 +166,40 @@ def test_pickles_that_run_code_are_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="weights_only"):
         load_checkpoint(p)
     assert "must never run" not in capsys.readouterr().out
+
+
+def test_load_regressor_by_path_and_registry_name(tmp_path, monkeypatch):
+    import hmrcli
+    from hmrcli.nn.registry import known_checkpoints
+
+    monkeypatch.setenv("HMRCLI_CHECKPOINT_DIR", str(tmp_path))
+    entry = known_checkpoints()["cliff-res50"]
+    with pytest.raises(CheckpointError) as e:
+        hmrcli.load_regressor("cliff-res50")
+    assert entry["filename"] in str(e.value) and str(tmp_path) in str(e.value) and "noah-research" in str(e.value)
+    with pytest.raises(CheckpointError, match="not a known checkpoint"):
+        hmrcli.load_regressor("no-such-model")
+    model = _model("cliff_res50")
+    torch.save({"model": _to_layout(model.state_dict(), "cliff_res50")}, tmp_path / entry["filename"])
+    net = hmrcli.load_regressor("cliff-res50")
+    assert not net.training and net.config.arch == "cliff" and net.config.backbone == "resnet50"
+    net2 = hmrcli.load_regressor(tmp_path / entry["filename"], aggregation="code")
+    torch.testing.assert_close(net2.state_dict()["fc1.weight"], model.state_dict()["fc1.weight"])
+
+
+def test_mean_params(tmp_path):
+    import numpy as np
+
+    from hmrcli.nn.mean_params import load_mean_params
+
+    mp = load_mean_params()
+    assert mp["pose"].shape == (144,) and mp["shape"].abs().sum() == 0
+    torch.testing.assert_close(mp["cam"], torch.tensor([0.9, 0.0, 0.0]))
+    m = build_model(RegressorConfig(arch="cliff"), mean_params=mp)
+    torch.testing.assert_close(m.init_pose[0], mp["pose"])
+    spin_like = tmp_path / "smpl_mean_params.npz"
+    np.savez(spin_like, pose=np.arange(144.0), shape=np.ones(10), cam=np.array([1.0, 0.1, 0.2]))
+    assert load_mean_params(spin_like)["shape"].sum() == 10
+    np.savez(spin_like, pose=np.arange(10.0), shape=np.ones(10), cam=np.ones(3))
+    with pytest.raises(ValueError, match="144"):
+        load_mean_params(spin_like)

@@ -166,15 +166,21 @@ def config_for_layout(layout: str, sd: dict[str, torch.Tensor]) -> RegressorConf
                            provenance={"layout": layout, "description": desc})
 
 
-def build_model(cfg: RegressorConfig) -> nn.Module:
+def build_model(cfg: RegressorConfig, mean_params: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A randomly initialised model for ``cfg``; its start values are ``mean_params``
+    (default: hmrcli's shipped ones, see :mod:`hmrcli.nn.mean_params`)."""
     from hmrcli.nn.backbones import create_backbone
+    from hmrcli.nn.mean_params import load_mean_params
     from hmrcli.nn.multiroi import CLIFFRegressor, MultiRoIHMR
 
+    if mean_params is None:
+        mean_params = load_mean_params()
     backbone = create_backbone(cfg.backbone)
     if cfg.arch == "multiroi":
-        return MultiRoIHMR(backbone, num_rois=cfg.num_rois, n_iter=cfg.n_iter, aggregation=cfg.aggregation)
+        return MultiRoIHMR(backbone, num_rois=cfg.num_rois, n_iter=cfg.n_iter, aggregation=cfg.aggregation,
+                           mean_params=mean_params)
     if cfg.arch == "cliff":
-        return CLIFFRegressor(backbone, n_iter=cfg.n_iter)
+        return CLIFFRegressor(backbone, n_iter=cfg.n_iter, mean_params=mean_params)
     raise CheckpointError(f"unknown architecture {cfg.arch!r}")
 
 
