@@ -203,3 +203,28 @@ def test_mean_params(tmp_path):
     np.savez(spin_like, pose=np.arange(10.0), shape=np.ones(10), cam=np.ones(3))
     with pytest.raises(ValueError, match="144"):
         load_mean_params(spin_like)
+
+
+def test_cli_weights_convert(tmp_path):
+    from typer.testing import CliRunner
+
+    from hmrcli.cli import app
+
+    model = _model("mroi_res50")
+    src = tmp_path / "mroi_epoch12.pt"
+    torch.save({"model": _to_layout(model.state_dict(), "mroi_res50"), "epoch": 12}, src)
+    runner = CliRunner()
+    r = runner.invoke(app, ["weights", "convert", str(src), str(tmp_path / "out" / "mroi")])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.output)
+    assert rec["layout"] == "mroi_res50" and rec["num_rois"] == 5
+    cfg = json.loads((tmp_path / "out" / "mroi.json").read_text())
+    assert cfg["provenance"]["source_file"] == "mroi_epoch12.pt" and len(cfg["provenance"]["source_sha256"]) == 64
+    net, _ = load_checkpoint(tmp_path / "out" / "mroi.safetensors")
+    torch.testing.assert_close(net.state_dict()["fuse_fc.weight"], model.state_dict()["fuse_fc.weight"])
+    r = runner.invoke(app, ["weights", "convert", str(src), str(tmp_path / "out" / "mroi")])
+    assert r.exit_code == 1 and "exists" in r.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 10)
+    r = runner.invoke(app, ["weights", "convert", str(bad), str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "bad.pt" in r.output

@@ -40,9 +40,11 @@ def _root(
     """hmrcli: batch 3D human mesh recovery."""
 
 
-from hmrcli.cli import doctor as _doctor  # noqa: E402  (registers the command)
+from hmrcli.cli import doctor as _doctor  # noqa: E402  (each module registers its commands)
+from hmrcli.cli import weights as _weights  # noqa: E402
 
 _doctor.register(app)
+_weights.register(app)
 
 
 def main() -> None:

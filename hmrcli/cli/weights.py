@@ -1,0 +1,81 @@
+"""``hmrcli weights``: list known checkpoints, convert files to the native format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hmrcli.cli._output import print_json, stderr, stdout, want_json
+
+weights_app = typer.Typer(help="Regressor checkpoints: list known ones, convert to hmrcli's format.",
+                          no_args_is_help=True)
+
+
+@weights_app.command("convert")
+def convert(
+    src: Annotated[Path, typer.Argument(help="Authors' Multi-RoI, CLIFF or native checkpoint.")],
+    dst: Annotated[Path, typer.Argument(help="Output path; writes DST.safetensors and DST.json.")],
+    aggregation: Annotated[Optional[str], typer.Option(help="Store this aggregation (code|paper) in the config.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output.")] = False,
+) -> None:
+    """Convert a checkpoint to safetensors weights + a JSON config (architecture, backbone, M,
+    crop size, box convention, body model, provenance)."""
+    from hmrcli.assets import sha256_file
+    from hmrcli.nn.checkpoints import CheckpointError, load_checkpoint, save_native
+
+    out = dst.with_suffix(".safetensors") if dst.suffix != ".safetensors" else dst
+    if out.exists() and not overwrite:
+        stderr.print(f"[red]{out} exists[/red] (use --overwrite)")
+        raise typer.Exit(1)
+    try:
+        model, cfg = load_checkpoint(src, aggregation=aggregation)
+    except CheckpointError as e:
+        stderr.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    cfg.provenance.setdefault("source_file", src.name)
+    cfg.provenance["source_sha256"] = sha256_file(src)
+    path = save_native(model, cfg, out)
+    rec = {"written": str(path), "config": str(path.with_suffix(".json")), "layout": cfg.provenance.get("layout", "native"),
+           "arch": cfg.arch, "backbone": cfg.backbone, "num_rois": cfg.num_rois}
+    if want_json(None):
+        print_json(rec)
+    else:
+        stdout.print(f"wrote {path} and {path.with_suffix('.json')} ({cfg.arch}, {cfg.backbone}, M={cfg.num_rois})")
+
+
+@weights_app.command("list")
+def list_known(
+    json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON lines output.")] = None,
+) -> None:
+    """Known checkpoints (models/registry.json) and whether each is in the checkpoints folder."""
+    from hmrcli.assets import checkpoints_dir
+    from hmrcli.nn.registry import known_checkpoints
+
+    folder = checkpoints_dir()
+    rows = []
+    for name, e in sorted(known_checkpoints().items()):
+        present = (folder / e["filename"]).is_file()
+        rows.append({"name": name, "filename": e["filename"], "present": present,
+                     "path": str(folder / e["filename"]), "arch": e["arch"], "backbone": e["backbone"],
+                     "published": e.get("published"), "source": e["source"]})
+    if want_json(json_out):
+        for r in rows:
+            print_json(r)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"Known checkpoints (folder: {folder})")
+    for c in ("name", "file", "present", "3DPW MPJPE / PA / PVE (mm)"):
+        t.add_column(c)
+    for r in rows:
+        p = r["published"] or {}
+        t.add_row(r["name"], r["filename"], "yes" if r["present"] else "no",
+                  f"{p.get('MPJPE')} / {p.get('PA-MPJPE')} / {p.get('PVE')}")
+    stdout.print(t)
+    stdout.print("Get missing files from their source pages (`hmrcli weights list --json` shows them).")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(weights_app, name="weights")
