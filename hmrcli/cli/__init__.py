@@ -41,9 +41,11 @@ def _root(
 
 
 from hmrcli.cli import doctor as _doctor  # noqa: E402  (each module registers its commands)
+from hmrcli.cli import infer as _infer  # noqa: E402
 from hmrcli.cli import weights as _weights  # noqa: E402
 
 _doctor.register(app)
+_infer.register(app)
 _weights.register(app)
 
 

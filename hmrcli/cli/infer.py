@@ -1,0 +1,122 @@
+"""``hmrcli infer``: images in; meshes, body-model parameters and cameras out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hmrcli.cli._output import print_json, stderr, want_json
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)")
+    return name
+
+
+def infer(
+    images: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("meshes"),
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", envvar="HMRCLI_CHECKPOINT",
+                          help="Regressor checkpoint: a file (native, Multi-RoI or CLIFF) or a name from `hmrcli weights list`.")] = None,
+    boxes: Annotated[Optional[Path], typer.Option("--boxes", help="Person boxes: hmrcli.detections/1 JSON lines. "
+                     "Without it each image is treated as one person filling the image.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = "fp32",
+    body_model: Annotated[str, typer.Option("--body-model", help="smpl (your files), free (shipped) or auto.")] = "auto",
+    gender: Annotated[str, typer.Option(help="neutral, male or female (SMPL only).")] = "neutral",
+    smpl_dir: Annotated[Optional[str], typer.Option("--smpl-dir", envvar="HMRCLI_SMPL_DIR", help="Folder with SMPL files.")] = None,
+    mesh_format: Annotated[str, typer.Option("--mesh-format", help="Comma-separated: obj, ply.")] = "obj",
+    mesh_frame: Annotated[str, typer.Option("--mesh-frame", help="camera: vertices in the camera frame (default); "
+                          "model: body-model output before the camera translation.")] = "camera",
+    focal: Annotated[Optional[float], typer.Option(help="Focal length in pixels (default sqrt(W^2 + H^2)).")] = None,
+    aggregation: Annotated[Optional[str], typer.Option(help="code (RoI 0, default) or paper (mean fused feature).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images that already have results.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON lines on stdout (default when not a terminal).")] = None,
+) -> None:
+    """Reconstruct every person: mesh (.obj/.ply), camera JSON (hmrcli.camera/1) and
+    parameters (.npz) per person under OUT/<image name>/. Exit status: 0 all images done,
+    1 some failed (see OUT/errors.jsonl), 2 none succeeded or bad usage."""
+    from hmrcli.api import load_regressor
+    from hmrcli.body import load_body_model
+    from hmrcli.engine.regress import RegressionEngine
+    from hmrcli.nn.checkpoints import CheckpointError
+    from hmrcli.pipeline import InferOptions, run_inference
+    from hmrcli.records import read_detections
+    from hmrcli.sources import expand_inputs
+
+    as_json = want_json(json_out)
+    fmts = tuple(f.strip().lower() for f in mesh_format.split(",") if f.strip())
+    bad = [f for f in fmts if f not in ("obj", "ply")]
+    if bad or not fmts:
+        raise typer.BadParameter(f"unknown mesh format(s) {bad or mesh_format!r}: use obj and/or ply", param_hint="--mesh-format")
+    if mesh_frame not in ("camera", "model"):
+        raise typer.BadParameter("use camera or model", param_hint="--mesh-frame")
+    if checkpoint is None:
+        stderr.print("error: no regressor checkpoint. Pass --checkpoint FILE or a name from `hmrcli weights list` "
+                     "(hmrcli doctor shows which are found). The offline fitting engine is not built yet.",
+                     markup=False, highlight=False)
+        raise typer.Exit(2)
+    try:
+        net = load_regressor(checkpoint, device=_device(device), aggregation=aggregation)
+        body = load_body_model(body_model, gender=gender, smpl_dir=smpl_dir)
+        engine = RegressionEngine(net, body, device=_device(device), precision=precision, batch_size=batch_size)
+        box_map = read_detections(boxes) if boxes is not None else None
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        stderr.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    if not engine.betas_applied and not quiet:
+        stderr.print(f"note: the checkpoint regresses {engine.cfg.body_model} betas, which mean nothing to the "
+                     f"{body.info.name} body model: meshes use its mean shape (the betas are still saved).",
+                     markup=False, highlight=False)
+    sources = expand_inputs(images)
+    if not sources:
+        stderr.print("error: no input images found", markup=False)
+        raise typer.Exit(2)
+    opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
+                        checkpoint=str(checkpoint))
+
+    if as_json:
+        def progress(ev):
+            if not quiet:
+                print_json(ev)
+        summary = run_inference(sources, engine, opts, box_map, progress)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]infer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                      TimeElapsedColumn(), console=stderr, disable=quiet) as bar:
+            task = bar.add_task("infer", total=len(sources), rate="")
+            state = {"persons": 0}
+
+            def progress(ev):
+                if ev["event"] == "done":
+                    state["persons"] += ev["persons"]
+                elif ev["event"] == "error":
+                    bar.console.print(f"[red]error[/red] {ev['file']} ({ev['stage']}): {ev['message']}", markup=True, highlight=False)
+                el = max(bar.tasks[0].elapsed or 1e-9, 1e-9)
+                done = bar.tasks[0].completed + 1
+                bar.update(task, advance=1, rate=f"{done / el:.2f} img/s {state['persons'] / el:.2f} persons/s")
+            summary = run_inference(sources, engine, opts, box_map, progress)
+    rec = summary.to_json()
+    rec["out"] = str(out)
+    if as_json:
+        print_json(rec)
+    elif not quiet:
+        stderr.print(f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed, "
+                     f"{summary.persons} persons in {summary.seconds:.1f} s -> {out}", highlight=False)
+    sys.stdout.flush()
+    raise typer.Exit(summary.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("infer")(infer)

@@ -1,0 +1,154 @@
+"""The regression engine: image + person boxes -> body meshes and full-image cameras.
+
+Per person: the detector box becomes the crop box (CLIFF's rule for the checkpoint's crop
+aspect), the M RoIs of the fixed layout are cropped, ``bbox_info`` is computed with the
+image's focal length, the network regresses pose/shape/local camera per RoI, the person's
+estimate follows the checkpoint's aggregation, and RoI 0's local camera gives the
+full-image perspective camera (METHOD.md section 4). Batched over persons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hmrcli import geometry as G
+from hmrcli.body import BodyModel
+
+__all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "PRECISIONS"]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class PersonBox:
+    """A person to reconstruct: its box (x1, y1, x2, y2) in full-image pixels."""
+
+    xyxy: np.ndarray
+    score: float | None = None
+    source: str = "boxes"
+
+
+@dataclass
+class PersonEstimate:
+    """One reconstructed person. Units: metres (3D), pixels (2D).
+
+    rotmats (24,3,3): joint rotations, joint 0 = global orientation in the camera frame;
+    betas (10,): the regressor's shape coefficients (space given by ``betas_space``);
+    vertices_model (V,3): the body model's output with that pose (before the camera
+    translation); cam_t (3,): full-image camera translation, X_cam = X_model + cam_t;
+    K (3,3) intrinsics; rois (M,3) RoI boxes (cx, cy, b); cams_local (M,3) (s, tx, ty);
+    bbox_info (M,3); joints_model (24,3).
+    """
+
+    box: PersonBox
+    crop_box: np.ndarray
+    rois: np.ndarray
+    bbox_info: np.ndarray
+    cams_local: np.ndarray
+    rotmats: np.ndarray
+    betas: np.ndarray
+    betas_applied: bool
+    cam_t: np.ndarray
+    K: np.ndarray
+    focal: float
+    image_wh: tuple[int, int]
+    vertices_model: np.ndarray
+    joints_model: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RegressionEngine:
+    """Runs a loaded regressor (``hmrcli.load_regressor``) and a body model on persons."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        body: BodyModel,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        batch_size: int = 16,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        self.device = torch.device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("--precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+        self.model = model.to(self.device).eval()
+        self.cfg = model.config
+        self.body = body
+        self.precision = precision
+        self.batch_size = max(1, int(batch_size))
+        # Published checkpoints regress SMPL betas; another body model's shape space is
+        # unrelated, so those betas are not applied to it (mean shape instead).
+        self.betas_applied = self.cfg.body_model == "smpl" and body.info.betas_are_smpl
+
+    # -- preparation (numpy, CPU) ------------------------------------------------
+    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None) -> dict[str, np.ndarray]:
+        """Crops (N, M, h, w, 3) uint8, RoIs (N, M, 3), bbox_info (N, M, 3) for one RGB image."""
+        h_img, w_img = image.shape[:2]
+        f = float(focal) if focal else float(G.default_focal(w_img, h_img))
+        cfg = self.cfg
+        xyxy = np.stack([np.asarray(p.xyxy, dtype=np.float64) for p in persons]) if persons else np.zeros((0, 4))
+        crop_boxes = G.box_from_xyxy(xyxy, aspect=cfg.aspect, rescale=cfg.box_rescale)
+        rois = G.make_rois(crop_boxes, cfg.num_rois)
+        affines = G.crop_affine(rois, cfg.crop_hw)
+        crops = np.zeros((len(persons), cfg.num_rois, *cfg.crop_hw, 3), dtype=np.uint8)
+        for i in range(len(persons)):
+            for m in range(cfg.num_rois):
+                crops[i, m] = G.crop_image_np(image, affines[i, m], cfg.crop_hw)
+        info = G.bbox_info(rois, (w_img, h_img), f)
+        return {"crops": crops, "crop_boxes": crop_boxes, "rois": rois, "bbox_info": info, "focal": np.full(len(persons), f),
+                "image_wh": np.tile([w_img, h_img], (len(persons), 1))}
+
+    # -- network + body model ----------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, crops: np.ndarray, info: np.ndarray) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(crops).to(self.device).permute(0, 1, 4, 2, 3).float()
+        x = G.normalize_crops(x)
+        bi = torch.from_numpy(np.asarray(info, dtype=np.float32)).to(self.device)
+        dt = PRECISIONS[self.precision]
+        ctx = torch.autocast(self.device.type, dtype=dt) if dt is not None else contextlib.nullcontext()
+        with ctx:
+            out = self.model(x, bi)
+        return {
+            "rotmats": out.person_rotmats.float(),
+            "betas": out.person_betas.float(),
+            "cams": out.cams.float(),
+        }
+
+    def run(self, prepared: list[tuple[dict[str, np.ndarray], list[PersonBox]]]) -> list[list[PersonEstimate]]:
+        """Estimate every person of several prepared images, batching persons across them."""
+        flat = [(i, j) for i, (p, persons) in enumerate(prepared) for j in range(len(persons))]
+        results: list[list[PersonEstimate | None]] = [[None] * len(p[1]) for p in prepared]
+        for s in range(0, len(flat), self.batch_size):
+            chunk = flat[s:s + self.batch_size]
+            crops = np.stack([prepared[i][0]["crops"][j] for i, j in chunk])
+            info = np.stack([prepared[i][0]["bbox_info"][j] for i, j in chunk])
+            net = self._forward(crops, info)
+            rois = np.stack([prepared[i][0]["rois"][j] for i, j in chunk])
+            img_wh = np.stack([prepared[i][0]["image_wh"][j] for i, j in chunk]).astype(np.float64)
+            focal = np.array([prepared[i][0]["focal"][j] for i, j in chunk])
+            cams = net["cams"].cpu().double().numpy()
+            cam_t = G.local_to_full(cams[:, 0], rois[:, 0], img_wh, focal)
+            betas = net["betas"]
+            body_betas = betas if self.betas_applied else torch.zeros_like(betas)
+            body_out = self.body(net["rotmats"].double(), body_betas.double())
+            verts = body_out.vertices.cpu().numpy()
+            joints = body_out.joints.cpu().numpy()
+            rot = net["rotmats"].cpu().double().numpy()
+            betas_np = betas.cpu().double().numpy()
+            for k, (i, j) in enumerate(chunk):
+                p = prepared[i][0]
+                w, h = (int(v) for v in p["image_wh"][j])
+                results[i][j] = PersonEstimate(
+                    box=prepared[i][1][j], crop_box=p["crop_boxes"][j], rois=rois[k], bbox_info=info[k],
+                    cams_local=cams[k], rotmats=rot[k], betas=betas_np[k], betas_applied=self.betas_applied,
+                    cam_t=cam_t[k], K=G.intrinsics(focal[k], w, h), focal=float(focal[k]), image_wh=(w, h),
+                    vertices_model=verts[k], joints_model=joints[k],
+                )
+        return results  # type: ignore[return-value]

@@ -1,0 +1,247 @@
+"""Batch inference: inputs -> persons -> regression engine -> files under ``--out``.
+
+Output layout (schema ``hmrcli.result/1``), for an input filed under NAME (the file name,
+or its path below a given folder, extension kept so ``a.jpg`` and ``a.png`` differ)::
+
+    OUT/NAME/person_00.obj|.ply        mesh (metres; frame: see camera JSON "mesh")
+    OUT/NAME/person_00.camera.json     camera + boxes + RoIs (hmrcli.camera/1)
+    OUT/NAME/person_00.params.npz      body-model parameters
+    OUT/NAME/result.json               written last: the image is done (hmrcli.result/1)
+    OUT/errors.jsonl                   one line per failed input (file, stage, message)
+
+Every file is written atomically; an image whose ``result.json`` exists is skipped unless
+``overwrite``. A failing image never stops the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hmrcli import geometry as G
+from hmrcli._version import __version__
+from hmrcli.engine.regress import PersonBox, PersonEstimate, RegressionEngine
+from hmrcli.export.writers import atomic_write_bytes, atomic_write_text, mesh_bytes, npz_bytes
+from hmrcli.sources import ImageReadError, ImageSource, read_image
+
+__all__ = ["InferOptions", "InferSummary", "run_inference", "CAMERA_SCHEMA", "RESULT_SCHEMA", "camera_record"]
+
+CAMERA_SCHEMA = "hmrcli.camera/1"
+RESULT_SCHEMA = "hmrcli.result/1"
+
+CAMERA_CONVENTION = (
+    "OpenCV pinhole camera: x right, y down, z forward (metres); pixel = K (R X + t) / z with "
+    "pixel (0,0) the centre of the top-left pixel. R, t map the body model's output (pose with "
+    "global orientation, no translation) to the camera frame; R is the identity (the global "
+    "orientation is already in the camera frame)."
+)
+
+
+@dataclass
+class InferOptions:
+    out: Path
+    mesh_formats: tuple[str, ...] = ("obj",)
+    mesh_frame: str = "camera"  # "camera" | "model"
+    focal: float | None = None
+    overwrite: bool = False
+    checkpoint: str = ""
+    images_per_step: int = 8
+
+
+@dataclass
+class InferSummary:
+    images: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    persons: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0: every image succeeded or was already done; 1: some failed; 2: all failed."""
+        if self.failed == 0:
+            return 0
+        return 2 if self.done + self.skipped == 0 else 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": "hmrcli.summary/1", "images": self.images, "done": self.done, "skipped": self.skipped,
+                "failed": self.failed, "persons": self.persons, "seconds": round(self.seconds, 3),
+                "exit_code": self.exit_code}
+
+
+def camera_record(est: PersonEstimate, index: int, image_path: str, engine: RegressionEngine,
+                  mesh_frame: str, focal_source: str) -> dict[str, Any]:
+    cfg = engine.cfg
+    w, h = est.image_wh
+    if mesh_frame == "camera":
+        mesh_R, mesh_t = np.eye(3), np.zeros(3)
+    else:
+        mesh_R, mesh_t = np.eye(3), est.cam_t
+    return {
+        "schema": CAMERA_SCHEMA,
+        "image": {"path": image_path, "width": w, "height": h},
+        "units": {"K": "pixels", "t": "metres", "boxes": "pixels"},
+        "convention": CAMERA_CONVENTION,
+        "K": est.K.tolist(),
+        "R": np.eye(3).tolist(),
+        "t": est.cam_t.tolist(),
+        "focal_px": est.focal,
+        "focal_source": focal_source,
+        "mesh": {"frame": mesh_frame, "R": mesh_R.tolist(), "t": np.asarray(mesh_t).tolist(),
+                 "note": "X_camera = mesh.R @ X_file + mesh.t for the vertices in the mesh files"},
+        "person": {
+            "index": index,
+            "box_xyxy": np.asarray(est.box.xyxy).tolist(),
+            "score": est.box.score,
+            "box_source": est.box.source,
+            "crop_box_cxcyb": est.crop_box.tolist(),
+        },
+        "rois": [
+            {"box_cxcyb": est.rois[m].tolist(), "cam_local": est.cams_local[m].tolist(),
+             "bbox_info": np.asarray(est.bbox_info[m]).tolist()}
+            for m in range(len(est.rois))
+        ],
+        "roi_convention": "box (cx, cy, b): centre and size in pixels, b = crop height for "
+                          f"{cfg.aspect} crops {cfg.crop_hw[0]}x{cfg.crop_hw[1]} (HxW); cam_local (s, tx, ty) "
+                          "weak-perspective in normalised crop coordinates; t = RoI 0's camera converted "
+                          "(METHOD.md section 4)",
+        "aggregation": cfg.aggregation,
+        "regressor": {"arch": cfg.arch, "backbone": cfg.backbone, "num_rois": cfg.num_rois,
+                      "checkpoint": engine.model.config.provenance.get("source_file", "")},
+        "body_model": {"name": engine.body.info.name, "gender": engine.body.info.gender,
+                       "betas_applied": est.betas_applied,
+                       "betas_space": cfg.body_model},
+        "hmrcli": __version__,
+    }
+
+
+def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, engine: RegressionEngine,
+                  opts: InferOptions) -> list[str]:
+    stem = f"person_{k:02d}"
+    files = []
+    verts = est.vertices_model + est.cam_t if opts.mesh_frame == "camera" else est.vertices_model
+    for fmt in opts.mesh_formats:
+        atomic_write_bytes(dirpath / f"{stem}.{fmt}", mesh_bytes(verts, engine.body.faces, fmt))
+        files.append(f"{stem}.{fmt}")
+    import roma
+    import torch
+
+    aa = roma.rotmat_to_rotvec(torch.from_numpy(est.rotmats)).numpy()
+    atomic_write_bytes(dirpath / f"{stem}.params.npz", npz_bytes(
+        global_orient=aa[0], body_pose=aa[1:].reshape(-1), betas=est.betas, transl=est.cam_t,
+        rotmats=est.rotmats, cam_local=est.cams_local, K=est.K,
+        body_model=np.array(engine.body.info.name), betas_space=np.array(engine.cfg.body_model),
+        betas_applied=np.array(est.betas_applied),
+    ))
+    files.append(f"{stem}.params.npz")
+    focal_source = "--focal" if opts.focal else "default sqrt(W^2 + H^2)"
+    atomic_write_text(dirpath / f"{stem}.camera.json",
+                      json.dumps(camera_record(est, k, str(src.path), engine, opts.mesh_frame, focal_source), indent=1))
+    files.append(f"{stem}.camera.json")
+    return files
+
+
+def _append_error(out: Path, rec: dict[str, str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(out / "errors.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)  # one write with O_APPEND: lines never interleave
+    finally:
+        os.close(fd)
+
+
+def run_inference(
+    sources: list[ImageSource],
+    engine: RegressionEngine,
+    opts: InferOptions,
+    boxes: dict[str, list[dict[str, Any]]] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> InferSummary:
+    """Run the engine over ``sources`` and write outputs. ``boxes`` maps image paths to
+    person records (``hmrcli.detections/1``); without it each image is one person whose box
+    is the whole image. ``progress`` receives one event dict per finished image."""
+    t0 = time.perf_counter()
+    out = Path(opts.out)
+    summ = InferSummary(images=len(sources))
+
+    def fail(src: ImageSource, stage: str, msg: str) -> None:
+        rec = {"file": str(src.path), "stage": stage, "message": msg}
+        _append_error(out, rec)
+        summ.failed += 1
+        summ.errors.append(rec)
+        if progress:
+            progress({"event": "error", **rec})
+
+    pending: list[tuple[ImageSource, dict[str, np.ndarray], list[PersonBox]]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            results = engine.run([(p, persons) for _, p, persons in pending])
+        except Exception as e:  # network failure: fail these images, keep going
+            for src, _, _ in pending:
+                fail(src, "regress", f"{type(e).__name__}: {e}")
+            pending.clear()
+            return
+        for (src, _, _), ests in zip(pending, results):
+            d = out / src.name
+            try:
+                files = []
+                for k, est in enumerate(ests):
+                    files += _write_person(d, k, est, src, engine, opts)
+                atomic_write_text(d / "result.json", json.dumps({
+                    "schema": RESULT_SCHEMA, "image": str(src.path), "persons": len(ests), "files": files,
+                    "checkpoint": opts.checkpoint, "mesh_frame": opts.mesh_frame, "hmrcli": __version__,
+                }, indent=1))
+            except OSError as e:
+                fail(src, "write", str(e))
+                continue
+            summ.done += 1
+            summ.persons += len(ests)
+            if progress:
+                progress({"event": "done", "file": str(src.path), "persons": len(ests), "out": str(d)})
+        pending.clear()
+
+    for src in sources:
+        if (out / src.name / "result.json").is_file() and not opts.overwrite:
+            summ.skipped += 1
+            if progress:
+                progress({"event": "skipped", "file": str(src.path)})
+            continue
+        try:
+            image = read_image(src.path)
+        except ImageReadError as e:
+            fail(src, "read", str(e))
+            continue
+        h, w = image.shape[:2]
+        if boxes is not None:
+            recs = boxes.get(str(src.path), boxes.get(os.path.abspath(src.path)))
+            if recs is None:
+                fail(src, "boxes", f"{src.path}: no boxes given for this image")
+                continue
+            persons = [PersonBox(np.asarray(r["box_xyxy"], dtype=np.float64), r.get("score"), r.get("detector", "boxes"))
+                       for r in recs]
+        else:
+            persons = [PersonBox(np.array([0.0, 0.0, w - 1.0, h - 1.0]), None, "whole-image")]
+        try:
+            prepared = engine.prepare(image, persons, opts.focal)
+        except Exception as e:
+            fail(src, "crop", f"{type(e).__name__}: {e}")
+            continue
+        pending.append((src, prepared, persons))
+        if len(pending) >= opts.images_per_step or sum(len(p[2]) for p in pending) >= engine.batch_size:
+            flush()
+    flush()
+    summ.seconds = time.perf_counter() - t0
+    return summ

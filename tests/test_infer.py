@@ -1,0 +1,159 @@
+"""End to end: ``hmrcli infer`` with a synthetic checkpoint, boxes and the body models."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hmrcli import geometry as G
+from hmrcli.cli import app
+from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
+runner = CliRunner()
+
+
+def _rot6d(r):
+    return r[:, :2].reshape(-1)  # rows of the first two columns: METHOD.md's 6D layout
+
+
+@pytest.fixture(scope="module")
+def constant_checkpoint(tmp_path_factory):
+    """A Multi-RoI ResNet-50 whose heads output its start values: an upright body
+    (global orientation 180 deg about x: SMPL's +y up -> camera's -y) and local camera
+    (0.9, 0, 0) for every RoI -- so the true answer is known."""
+    torch.manual_seed(0)
+    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=5)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for lin in (model.decpose, model.decshape, model.deccam):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        model.init_pose[0, :6] = _rot6d(torch.diag(torch.tensor([1.0, -1.0, -1.0])))
+    path = save_native(model, cfg, tmp_path_factory.mktemp("ckpt") / "constant")
+    return path
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(SAMPLES / "astronaut.png", d / "astronaut.png")
+    shutil.copy(SAMPLES / "grace_hopper.jpg", d / "grace hopper ü.jpg")
+    (d / "broken.jpg").write_bytes(b"this is not a jpeg")
+    boxes = tmp_path / "boxes.jsonl"
+    recs = [
+        {"schema": "hmrcli.detections/1", "path": str(d / "astronaut.png"), "width": 512, "height": 512,
+         "persons": [{"box_xyxy": [150, 20, 420, 511], "score": 0.9}, {"box_xyxy": [10, 300, 120, 500], "score": 0.5}]},
+        {"schema": "hmrcli.detections/1", "path": str(d / "grace hopper ü.jpg"), "width": 512, "height": 600,
+         "persons": [{"box_xyxy": [60, 40, 460, 600], "score": 0.8}]},
+        {"schema": "hmrcli.detections/1", "path": str(d / "broken.jpg"), "width": 1, "height": 1, "persons": []},
+    ]
+    boxes.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return d, boxes
+
+
+def _obj_vertices(path):
+    """OBJ 'v' lines as written (trimesh's loader drops unreferenced vertices)."""
+    return np.array([[float(x) for x in line.split()[1:4]] for line in path.read_text().splitlines()
+                     if line.startswith("v ")])
+
+
+def _run(args):
+    return runner.invoke(app, ["infer", *args, "--json"])
+
+
+def test_infer_writes_consistent_cameras_and_meshes(constant_checkpoint, photos, fake_smpl_dir, tmp_path):
+    d, boxes = photos
+    out = tmp_path / "out"
+    r = _run([str(d), "--checkpoint", str(constant_checkpoint), "--boxes", str(boxes), "--out", str(out),
+              "--body-model", "smpl", "--smpl-dir", str(fake_smpl_dir), "--mesh-format", "obj,ply", "-b", "2"])
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    summary = lines[-1]
+    assert summary["done"] == 2 and summary["failed"] == 1 and summary["persons"] == 3, r.output
+    assert r.exit_code == 1  # some failed
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 1 and errors[0]["file"].endswith("broken.jpg") and errors[0]["stage"] == "read"
+
+    for name, n in (("astronaut.png", 2), ("grace hopper ü.jpg", 1)):
+        res = json.loads((out / name / "result.json").read_text())
+        assert res["schema"] == "hmrcli.result/1" and res["persons"] == n
+        for k in range(n):
+            cam = json.loads((out / name / f"person_{k:02d}.camera.json").read_text())
+            assert cam["schema"] == "hmrcli.camera/1" and len(cam["rois"]) == 5
+            w, h = cam["image"]["width"], cam["image"]["height"]
+            roi0 = cam["rois"][0]
+            t = G.local_to_full(np.array(roi0["cam_local"]), np.array(roi0["box_cxcyb"]), np.array([w, h], float),
+                                cam["focal_px"])
+            np.testing.assert_allclose(cam["t"], t, rtol=1e-12)
+            np.testing.assert_allclose(roi0["cam_local"], [0.9, 0, 0], atol=1e-6)
+            np.testing.assert_allclose(cam["focal_px"], np.hypot(w, h))
+            # the written mesh, re-projected with the written K, R, t, lands in the person's crop box
+            import trimesh
+
+            verts = _obj_vertices(out / name / f"person_{k:02d}.obj")
+            ply = trimesh.load(out / name / f"person_{k:02d}.ply", process=False)
+            assert len(verts) == 6890  # every vertex kept, in the body model's order
+            np.testing.assert_allclose(verts, ply.vertices, atol=1e-6)
+            Xc = verts @ np.array(cam["mesh"]["R"]).T + np.array(cam["mesh"]["t"])
+            assert (Xc[:, 2] > 0).all()
+            uv = G.project(Xc, np.array(cam["K"]))
+            cx, cy, b = roi0["box_cxcyb"]
+            assert (np.abs(uv[:, 0] - cx) <= 0.375 * b * 1.05).all()
+            assert (np.abs(uv[:, 1] - cy) <= 0.5 * b * 1.05).all()
+            # the body spans a good part of the box (not a dot)
+            assert np.ptp(uv[:, 1]) > 0.5 * b
+            # upright: the fake model's head vertices (owner joint 15) project above its ankles' (7, 8)
+            assert uv[15::24, 1].mean() < uv[7::24, 1].mean() - 0.3 * b
+            p = np.load(out / name / f"person_{k:02d}.params.npz")
+            assert p["rotmats"].shape == (24, 3, 3) and p["betas"].shape == (10,) and p["body_pose"].shape == (69,)
+            np.testing.assert_allclose(p["transl"], cam["t"])
+            assert str(p["body_model"]) == "smpl" and bool(p["betas_applied"])
+
+
+def test_rerun_skips_and_overwrite_redoes(constant_checkpoint, photos, fake_smpl_dir, tmp_path):
+    d, boxes = photos
+    out = tmp_path / "out"
+    args = [str(d / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--boxes", str(boxes), "--out", str(out),
+            "--body-model", "smpl", "--smpl-dir", str(fake_smpl_dir), "--mesh-frame", "model"]
+    r = _run(args)
+    assert r.exit_code == 0, r.output
+    first = (out / "astronaut.png" / "person_00.obj").stat().st_mtime_ns
+    r = _run(args)
+    assert json.loads(r.stdout.strip().splitlines()[-1])["skipped"] == 1
+    assert (out / "astronaut.png" / "person_00.obj").stat().st_mtime_ns == first
+    r = _run(args + ["--overwrite"])
+    assert json.loads(r.stdout.strip().splitlines()[-1])["done"] == 1
+    cam = json.loads((out / "astronaut.png" / "person_00.camera.json").read_text())
+    assert cam["mesh"]["frame"] == "model" and cam["mesh"]["t"] == cam["t"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_free_body_model_without_boxes(constant_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--out", str(out),
+              "--body-model", "free"])
+    assert r.exit_code == 0, r.output
+    cam = json.loads((out / "astronaut.png" / "person_00.camera.json").read_text())
+    assert cam["person"]["box_source"] == "whole-image"
+    assert cam["body_model"]["name"] == "free" and cam["body_model"]["betas_applied"] is False
+    assert len(_obj_vertices(out / "astronaut.png" / "person_00.obj")) > 6000
+
+
+def test_usage_errors(constant_checkpoint, tmp_path):
+    r = _run([str(SAMPLES / "astronaut.png"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--checkpoint" in r.output
+    r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "nope.pt" in r.output
+    r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--precision", "fp16",
+              "--device", "cpu", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "fp16" in r.output
+    bad = tmp_path / "boxes.jsonl"
+    bad.write_text('{"path": "x.jpg", "persons": [{"box_xyxy": [5, 5, 1, 1]}]}\n')
+    r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--boxes", str(bad),
+              "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "boxes.jsonl:1" in r.output
