@@ -17,7 +17,7 @@ from hmrcli.body import load_body_model
 from hmrcli.nn.checkpoints import RegressorConfig, load_checkpoint
 from hmrcli.nn.registry import resolve_checkpoint
 
-__all__ = ["load_regressor", "load_body_model", "RegressorConfig"]
+__all__ = ["load_regressor", "load_body_model", "estimate_people", "RegressorConfig"]
 
 
 def load_regressor(
@@ -36,3 +36,30 @@ def load_regressor(
     model, cfg = load_checkpoint(path, aggregation=aggregation)
     model.config = cfg
     return model.to(device).eval()
+
+
+def estimate_people(
+    image,
+    boxes_xyxy,
+    regressor: nn.Module,
+    body=None,
+    focal: float | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 16,
+):
+    """Image in, people out: RGB uint8 image (H, W, 3) and person boxes (N, 4) xyxy pixels ->
+    a list of :class:`hmrcli.engine.regress.PersonEstimate` (pose, betas, local cameras,
+    full-image camera ``cam_t`` and ``K``, posed vertices). ``body`` defaults to
+    ``load_body_model("auto")``."""
+    import numpy as np
+
+    from hmrcli.engine.regress import PersonBox, RegressionEngine
+
+    if body is None:
+        body = load_body_model("auto")
+    engine = RegressionEngine(regressor, body, device=device, precision=precision, batch_size=batch_size)
+    persons = [PersonBox(np.asarray(b, dtype=np.float64)) for b in np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)]
+    if not persons:
+        return []
+    return engine.run([(engine.prepare(np.asarray(image), persons, focal), persons)])[0]

@@ -157,3 +157,18 @@ def test_usage_errors(constant_checkpoint, tmp_path):
     r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--boxes", str(bad),
               "--out", str(tmp_path)])
     assert r.exit_code == 2 and "boxes.jsonl:1" in r.output
+
+
+def test_python_api_image_in_people_out(constant_checkpoint):
+    import hmrcli
+    from hmrcli.api import estimate_people
+    from hmrcli.sources import read_image
+
+    net = hmrcli.load_regressor(constant_checkpoint)
+    img = read_image(SAMPLES / "astronaut.png")
+    people = estimate_people(img, [[150, 20, 420, 511], [10, 300, 120, 500]], net, hmrcli.load_body_model("free"))
+    assert len(people) == 2
+    single = estimate_people(img, [[10, 300, 120, 500]], net, hmrcli.load_body_model("free"))
+    np.testing.assert_allclose(single[0].cam_t, people[1].cam_t, rtol=1e-6)
+    np.testing.assert_allclose(single[0].vertices_model, people[1].vertices_model, atol=1e-5)
+    assert estimate_people(img, np.zeros((0, 4)), net) == []

@@ -100,8 +100,12 @@ def test_foreign_files_load_and_match_native(layout, tmp_path):
     assert json.loads(native_path.with_suffix(".json").read_text())["schema"] == "hmrcli.regressor/1"
     again, cfg2 = load_checkpoint(native_path)
     assert cfg2 == cfg
+    ref = model.state_dict()
+    for net in (loaded, again):
+        got = net.state_dict()
+        assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
     if "hr48" in layout:
-        return  # the forward equality is checked on the ResNet layouts (HRNet-W48 forwards are slow on CPU)
+        return  # outputs are compared on the ResNet layouts (HRNet-W48 forwards are slow on CPU)
     m = cfg.num_rois
     g = torch.Generator().manual_seed(1)
     crops = torch.randn(2, m, 3, 256, 192, generator=g)
@@ -228,3 +232,63 @@ def test_cli_weights_convert(tmp_path):
     bad.write_bytes(b"\x00" * 10)
     r = runner.invoke(app, ["weights", "convert", str(bad), str(tmp_path / "o2")])
     assert r.exit_code == 2 and "bad.pt" in r.output
+
+
+def _registry_copy(tmp_path, monkeypatch, entries):
+    """A models/ folder whose registry lists ``entries`` (other assets copied)."""
+    import shutil
+
+    from hmrcli import assets
+
+    models = tmp_path / "models"
+    shutil.copytree(assets.models_dir(), models)
+    reg = json.loads((models / "registry.json").read_text())
+    reg["checkpoints"].update(entries)
+    (models / "registry.json").write_text(json.dumps(reg))
+    monkeypatch.setenv("HMRCLI_MODELS_DIR", str(models))
+    monkeypatch.setenv("HMRCLI_CHECKPOINT_DIR", str(tmp_path / "ckpts"))
+
+
+def test_fetch_and_verify(tmp_path, monkeypatch):
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from hmrcli.cli import app
+    from hmrcli.nn.registry import FetchError, fetch_checkpoint, verify_checkpoint
+
+    served = tmp_path / "served" / "model.pt"
+    served.parent.mkdir()
+    torch.save({"model": _to_layout(_model("cliff_res50").state_dict(), "cliff_res50")}, served)
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    base = {"layout": "cliff_res50", "arch": "cliff", "backbone": "resnet50", "num_rois": 1, "source": "the test",
+            "licence": "test", "published": None}
+    _registry_copy(tmp_path, monkeypatch, {
+        "good": {**base, "filename": "good.pt", "url": served.as_uri(), "sha256": digest},
+        "tampered": {**base, "filename": "tampered.pt", "url": served.as_uri(), "sha256": "0" * 64},
+        "offline": {**base, "filename": "offline.pt", "url": "http://127.0.0.1:9/offline.pt", "sha256": None},
+        "manual": {**base, "filename": "manual.pt", "url": None, "sha256": None},
+    })
+    path = fetch_checkpoint("good")
+    assert path == tmp_path / "ckpts" / "good.pt" and path.read_bytes() == served.read_bytes()
+    with pytest.raises(FetchError, match="expected 0000"):
+        fetch_checkpoint("tampered")
+    assert not (tmp_path / "ckpts" / "tampered.pt").exists()
+    with pytest.raises(FetchError, match=r"cannot download .*by hand .*offline.pt"):
+        fetch_checkpoint("offline", timeout=2)
+    with pytest.raises(FetchError, match="no direct download URL"):
+        fetch_checkpoint("manual")
+    assert not [p for p in (tmp_path / "ckpts").iterdir() if p.name.endswith(".part")]
+    rep = verify_checkpoint("good")
+    assert rep["ok"] and rep["sha256_ok"] and rep["layout"] == "cliff_res50"
+    (tmp_path / "ckpts" / "good.pt").write_bytes(b"garbage")
+    rep = verify_checkpoint("good")
+    assert not rep["ok"] and rep["sha256_ok"] is False and not rep["loads"]
+    runner = CliRunner()
+    r = runner.invoke(app, ["weights", "verify", "good", "--json"])
+    assert r.exit_code == 1 and json.loads(r.output)["sha256_ok"] is False
+    r = runner.invoke(app, ["weights", "fetch", "manual"])
+    assert r.exit_code == 1 and "by hand" in r.output
+    r = runner.invoke(app, ["weights", "fetch", "good", "--overwrite"])
+    assert r.exit_code == 0 and json.loads(r.output)["path"].endswith("good.pt")
+    assert runner.invoke(app, ["weights", "verify", "good"]).exit_code == 0

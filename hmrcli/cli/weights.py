@@ -9,7 +9,7 @@ import typer
 
 from hmrcli.cli._output import print_json, stderr, stdout, want_json
 
-weights_app = typer.Typer(help="Regressor checkpoints: list known ones, convert to hmrcli's format.",
+weights_app = typer.Typer(help="Regressor checkpoints: list, fetch, verify, convert to hmrcli's format.",
                           no_args_is_help=True)
 
 
@@ -75,6 +75,53 @@ def list_known(
                   f"{p.get('MPJPE')} / {p.get('PA-MPJPE')} / {p.get('PVE')}")
     stdout.print(t)
     stdout.print("Get missing files from their source pages (`hmrcli weights list --json` shows them).")
+
+
+@weights_app.command("fetch")
+def fetch(
+    name: Annotated[str, typer.Argument(help="A name from `hmrcli weights list`.")],
+    dest: Annotated[Optional[Path], typer.Option(help="Folder (default: the checkpoints folder).")] = None,
+    timeout: Annotated[float, typer.Option(help="Network timeout in seconds.")] = 15.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Download a known checkpoint (checked against its sha256 when known). Without network,
+    or for files with no direct URL, fails at once and says where to put the file by hand."""
+    from hmrcli.nn.registry import FetchError, fetch_checkpoint
+
+    try:
+        path = fetch_checkpoint(name, dest, timeout=timeout, overwrite=overwrite)
+    except FetchError as e:
+        stderr.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    if want_json(None):
+        print_json({"name": name, "path": str(path)})
+    else:
+        stdout.print(f"{name}: {path}")
+
+
+@weights_app.command("verify")
+def verify(
+    file: Annotated[str, typer.Argument(help="A checkpoint file or a known name.")],
+    json_out: Annotated[Optional[bool], typer.Option("--json/--no-json")] = None,
+) -> None:
+    """Check a checkpoint: sha256 against the registry (when known) and that it loads.
+    Exit status 0 when both hold, 1 otherwise."""
+    from hmrcli.nn.checkpoints import CheckpointError
+    from hmrcli.nn.registry import verify_checkpoint
+
+    try:
+        rep = verify_checkpoint(file)
+    except CheckpointError as e:
+        stderr.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    if want_json(json_out):
+        print_json(rep)
+    else:
+        stdout.print(f"{rep['path']}\n  sha256 {rep['sha256']}"
+                     + (f" ({'matches' if rep['sha256_ok'] else 'DOES NOT match'} the registry)" if rep.get("sha256_ok") is not None else "")
+                     + (f"\n  loads: {rep['layout']} {rep['arch']} {rep['backbone']} M={rep['num_rois']}" if rep["loads"]
+                        else f"\n  does not load: {rep['error']}"), markup=False, highlight=False)
+    raise typer.Exit(0 if rep["ok"] else 1)
 
 
 def register(app: typer.Typer) -> None:
