@@ -12,6 +12,7 @@ Prints one JSON object. Random weights (speed does not depend on their values).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -38,7 +39,7 @@ def _one(backbone: str, m: int, batch: int, device: str, precision: str, repeats
     info = torch.randn(batch, m, 3, device=device) * 0.3
 
     def step(with_body: bool):
-        with torch.no_grad(), (torch.autocast(torch.device(device).type, dtype=dt) if dt else _null()):
+        with torch.no_grad(), (torch.autocast(torch.device(device).type, dtype=dt) if dt else contextlib.nullcontext()):
             out = model(crops, info)
         if with_body:
             bm(out.person_rotmats.float(), out.person_betas.float())
@@ -61,14 +62,6 @@ def _one(backbone: str, m: int, batch: int, device: str, precision: str, repeats
     if device.startswith("cuda"):
         out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def main() -> None:
