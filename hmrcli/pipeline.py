@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from hmrcli import geometry as G
 from hmrcli._version import __version__
 from hmrcli.engine.regress import PersonBox, PersonEstimate, RegressionEngine
 from hmrcli.export.writers import atomic_write_bytes, atomic_write_text, mesh_bytes, npz_bytes

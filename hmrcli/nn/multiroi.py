@@ -275,7 +275,6 @@ class CLIFFRegressor(nn.Module):
             )
         if return_proj:
             raise ValueError("CLIFF has no contrastive projection head")
-        b = crops.shape[0]
         feats = self.backbone(crops[:, 0])
         x = torch.cat([feats, bbox_info[:, 0].to(feats.dtype)], dim=-1)
         pose, shape, cam = _iterate(self, x, self.n_iter)
