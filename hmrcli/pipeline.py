@@ -52,6 +52,7 @@ class InferOptions:
     overwrite: bool = False
     checkpoint: str = ""
     images_per_step: int = 8
+    max_persons: int | None = None  # with a detector: keep the N highest-scoring persons
 
 
 @dataclass
@@ -159,16 +160,43 @@ def _append_error(out: Path, rec: dict[str, str]) -> None:
         os.close(fd)
 
 
+def _legacy_items(sources: list[ImageSource], boxes: dict[str, list[dict[str, Any]]] | None):
+    """Images with persons from a ``{path: persons}`` map, or the whole image as one person
+    when ``boxes`` is None (what ``run_inference`` did before detectors)."""
+    from hmrcli.detect import Detection, DetectedImage
+
+    for src in sources:
+        try:
+            image = read_image(src.path)
+        except ImageReadError as e:
+            yield DetectedImage(src, None, 0, 0, [], ("read", str(e)))
+            continue
+        h, w = image.shape[:2]
+        if boxes is None:
+            dets = [Detection(np.array([0.0, 0.0, w - 1.0, h - 1.0]), None, "whole-image")]
+        else:
+            recs = boxes.get(str(src.path), boxes.get(os.path.abspath(src.path)))
+            if recs is None:
+                yield DetectedImage(src, image, w, h, [], ("boxes", f"{src.path}: no boxes given for this image"))
+                continue
+            dets = [Detection(np.asarray(r["box_xyxy"], dtype=np.float64), r.get("score"), r.get("detector", "boxes"))
+                    for r in recs]
+        yield DetectedImage(src, image, w, h, dets)
+
+
 def run_inference(
     sources: list[ImageSource],
     engine: RegressionEngine,
     opts: InferOptions,
     boxes: dict[str, list[dict[str, Any]]] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    detector: Any = None,
 ) -> InferSummary:
-    """Run the engine over ``sources`` and write outputs. ``boxes`` maps image paths to
-    person records (``hmrcli.detections/1``); without it each image is one person whose box
-    is the whole image. ``progress`` receives one event dict per finished image."""
+    """Run the engine over ``sources`` and write outputs. Persons come from ``detector``
+    (a :class:`hmrcli.detect.base.Detector`, e.g. ``hmrcli.detect.create_detector("auto")``);
+    without one, from ``boxes`` (image path -> person records of ``hmrcli.detections/1``);
+    without either, each image is one person whose box is the whole image. ``progress``
+    receives one event dict per finished image."""
     t0 = time.perf_counter()
     out = Path(opts.out)
     summ = InferSummary(images=len(sources))
@@ -212,29 +240,28 @@ def run_inference(
                 progress({"event": "done", "file": str(src.path), "persons": len(ests), "out": str(d)})
         pending.clear()
 
+    todo = []
     for src in sources:
         if (out / src.name / "result.json").is_file() and not opts.overwrite:
             summ.skipped += 1
             if progress:
                 progress({"event": "skipped", "file": str(src.path)})
-            continue
-        try:
-            image = read_image(src.path)
-        except ImageReadError as e:
-            fail(src, "read", str(e))
-            continue
-        h, w = image.shape[:2]
-        if boxes is not None:
-            recs = boxes.get(str(src.path), boxes.get(os.path.abspath(src.path)))
-            if recs is None:
-                fail(src, "boxes", f"{src.path}: no boxes given for this image")
-                continue
-            persons = [PersonBox(np.asarray(r["box_xyxy"], dtype=np.float64), r.get("score"), r.get("detector", "boxes"))
-                       for r in recs]
         else:
-            persons = [PersonBox(np.array([0.0, 0.0, w - 1.0, h - 1.0]), None, "whole-image")]
+            todo.append(src)
+    if detector is not None:
+        from hmrcli.detect import detect_sources
+
+        items = detect_sources(todo, detector, batch_size=opts.images_per_step, max_persons=opts.max_persons)
+    else:
+        items = _legacy_items(todo, boxes)
+    for item in items:
+        src = item.source
+        if item.error is not None:
+            fail(src, *item.error)
+            continue
+        persons = [PersonBox(np.asarray(d.box_xyxy, dtype=np.float64), d.score, d.detector) for d in item.detections]
         try:
-            prepared = engine.prepare(image, persons, opts.focal)
+            prepared = engine.prepare(item.image, persons, opts.focal)
         except Exception as e:
             fail(src, "crop", f"{type(e).__name__}: {e}")
             continue

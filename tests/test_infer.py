@@ -136,10 +136,11 @@ def test_rerun_skips_and_overwrite_redoes(constant_checkpoint, photos, fake_smpl
 def test_free_body_model_without_boxes(constant_checkpoint, tmp_path):
     out = tmp_path / "out"
     r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--out", str(out),
-              "--body-model", "free"])
+              "--body-model", "free", "--detector", "whole-image"])
     assert r.exit_code == 0, r.output
     cam = json.loads((out / "astronaut.png" / "person_00.camera.json").read_text())
     assert cam["person"]["box_source"] == "whole-image"
+    assert cam["person"]["box_xyxy"] == [0.0, 0.0, 511.0, 511.0]
     assert cam["body_model"]["name"] == "free" and cam["body_model"]["betas_applied"] is False
     assert len(_obj_vertices(out / "astronaut.png" / "person_00.obj")) > 6000
 
@@ -172,3 +173,37 @@ def test_python_api_image_in_people_out(constant_checkpoint):
     np.testing.assert_allclose(single[0].cam_t, people[1].cam_t, rtol=1e-6)
     np.testing.assert_allclose(single[0].vertices_model, people[1].vertices_model, atol=1e-5)
     assert estimate_people(img, np.zeros((0, 4)), net) == []
+
+
+def test_infer_detects_persons_without_boxes(constant_checkpoint, tmp_path):
+    from hmrcli.detect import _mmdet_problem
+    from hmrcli.detect.mediapipe_backend import MediaPipeDetector, mediapipe_problem
+    from hmrcli.sources import read_image
+
+    if mediapipe_problem():
+        pytest.skip(mediapipe_problem())
+    if _mmdet_problem() is None:
+        pytest.skip("mmdet with weights is installed: auto picks it")
+    out = tmp_path / "out"
+    r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--out", str(out),
+              "--body-model", "free"])
+    assert r.exit_code == 0, r.output
+    assert "mediapipe" in r.stderr and "ONE person per image" in r.stderr
+    cam = json.loads((out / "astronaut.png" / "person_00.camera.json").read_text())
+    assert cam["person"]["box_source"] == "mediapipe:blazepose-full"
+    with MediaPipeDetector() as det:
+        (want,) = det.detect([read_image(SAMPLES / "astronaut.png")])[0]
+    np.testing.assert_allclose(cam["person"]["box_xyxy"], want.box_xyxy)
+    assert cam["person"]["score"] == pytest.approx(want.score)
+
+
+def test_infer_boxes_from_stdin(constant_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    rec = {"schema": "hmrcli.detections/1", "path": str(SAMPLES / "astronaut.png"), "width": 512, "height": 512,
+           "persons": [{"box_xyxy": [150, 20, 420, 511], "score": 0.9, "detector": "mine"}]}
+    r = runner.invoke(app, ["infer", "--boxes", "-", "--checkpoint", str(constant_checkpoint), "--out", str(out),
+                            "--body-model", "free", "--json"], input=json.dumps(rec) + "\n")
+    assert r.exit_code == 0, r.output
+    cam = json.loads((out / "astronaut.png" / "person_00.camera.json").read_text())
+    assert cam["person"]["box_xyxy"] == [150, 20, 420, 511] and cam["person"]["box_source"] == "mine"
+    assert "detector: boxes" in r.stderr

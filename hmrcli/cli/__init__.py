@@ -40,11 +40,15 @@ def _root(
     """hmrcli: batch 3D human mesh recovery."""
 
 
+from hmrcli.cli import crop as _crop  # noqa: E402
+from hmrcli.cli import detect as _detect  # noqa: E402
 from hmrcli.cli import doctor as _doctor  # noqa: E402  (each module registers its commands)
 from hmrcli.cli import infer as _infer  # noqa: E402
 from hmrcli.cli import weights as _weights  # noqa: E402
 
 _doctor.register(app)
+_detect.register(app)
+_crop.register(app)
 _infer.register(app)
 _weights.register(app)
 

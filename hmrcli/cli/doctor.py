@@ -49,6 +49,15 @@ def doctor(
         tab.add_row(p["name"], _yes(p["installed"]), p["version"] or "-", escape(p["adds"]))
     stdout.print(tab)
 
+    dets = rep.get("detectors")
+    if isinstance(dets, list):
+        tab = Table(title="Person detectors (--detector)")
+        for c in ("detector", "usable", "notes"):
+            tab.add_column(c)
+        for d in dets:
+            tab.add_row(d["name"], _yes(d["available"]), escape(d.get("problem") or d.get("description") or ""))
+        stdout.print(tab)
+
     bm = rep["body_models"]
     tab = Table(title="Body models")
     for c in ("model", "found", "where", "notes"):

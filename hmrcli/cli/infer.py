@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from hmrcli.cli._output import print_json, stderr, want_json
+from hmrcli.cli.detect import (BoxesOpt, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt, MaxPersonsOpt,
+                               make_detector)
 
 
 def _device(name: str) -> str:
@@ -22,12 +25,12 @@ def _device(name: str) -> str:
 
 
 def infer(
-    images: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
+    images: Annotated[Optional[list[str]], typer.Argument(
+        help="Image files, folders (recursive) or globs. With --boxes and no images: the images the boxes name.",
+        show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("meshes"),
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", envvar="HMRCLI_CHECKPOINT",
                           help="Regressor checkpoint: a file (native, Multi-RoI or CLIFF) or a name from `hmrcli weights list`.")] = None,
-    boxes: Annotated[Optional[Path], typer.Option("--boxes", help="Person boxes: hmrcli.detections/1 JSON lines. "
-                     "Without it each image is treated as one person filling the image.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = "fp32",
@@ -42,16 +45,25 @@ def infer(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images that already have results.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON lines on stdout (default when not a terminal).")] = None,
+    detector: DetectorOpt = "auto",
+    boxes: BoxesOpt = None,
+    det_score: DetScoreOpt = None,
+    det_config: DetConfigOpt = None,
+    det_checkpoint: DetCheckpointOpt = None,
+    max_persons: MaxPersonsOpt = None,
 ) -> None:
     """Reconstruct every person: mesh (.obj/.ply), camera JSON (hmrcli.camera/1) and
-    parameters (.npz) per person under OUT/<image name>/. Exit status: 0 all images done,
-    1 some failed (see OUT/errors.jsonl), 2 none succeeded or bad usage."""
+    parameters (.npz) per person under OUT/<image name>/. Persons come from a detector
+    (--detector, named on stderr; mediapipe finds only ONE person per image) or from
+    --boxes FILE ('-' = stdin, e.g. `hmrcli detect IMAGES | hmrcli infer --boxes - ...`).
+
+    Exit status: 0 all images done, 1 some failed (see OUT/errors.jsonl), 2 none succeeded
+    or bad usage."""
     from hmrcli.api import load_regressor
     from hmrcli.body import load_body_model
     from hmrcli.engine.regress import RegressionEngine
     from hmrcli.nn.checkpoints import CheckpointError
     from hmrcli.pipeline import InferOptions, run_inference
-    from hmrcli.records import read_detections
     from hmrcli.sources import expand_inputs
 
     as_json = want_json(json_out)
@@ -70,7 +82,6 @@ def infer(
         net = load_regressor(checkpoint, device=_device(device), aggregation=aggregation)
         body = load_body_model(body_model, gender=gender, smpl_dir=smpl_dir)
         engine = RegressionEngine(net, body, device=_device(device), precision=precision, batch_size=batch_size)
-        box_map = read_detections(boxes) if boxes is not None else None
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         stderr.print(f"error: {e}", markup=False, highlight=False)
         raise typer.Exit(2) from None
@@ -78,18 +89,26 @@ def infer(
         stderr.print(f"note: the checkpoint regresses {engine.cfg.body_model} betas, which mean nothing to the "
                      f"{body.info.name} body model: meshes use its mean shape (the betas are still saved).",
                      markup=False, highlight=False)
-    sources = expand_inputs(images)
+    det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, quiet=quiet)
+    if images:
+        sources = expand_inputs(images)
+    elif det.name == "boxes":
+        from hmrcli.detect.boxes_backend import sources_from_records
+
+        sources = sources_from_records(det.records)
+    else:
+        raise typer.BadParameter("give images (files, folders or globs)", param_hint="IMAGES")
     if not sources:
         stderr.print("error: no input images found", markup=False)
         raise typer.Exit(2)
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
-                        checkpoint=str(checkpoint))
+                        checkpoint=str(checkpoint), max_persons=max_persons)
 
     if as_json:
         def progress(ev):
             if not quiet:
                 print_json(ev)
-        summary = run_inference(sources, engine, opts, box_map, progress)
+        summary = run_inference(sources, engine, opts, progress=progress, detector=det)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -101,12 +120,16 @@ def infer(
             def progress(ev):
                 if ev["event"] == "done":
                     state["persons"] += ev["persons"]
+                    if ev["persons"] == 0:
+                        bar.console.print(f"note: no person found in {ev['file']}", markup=False, highlight=False)
                 elif ev["event"] == "error":
-                    bar.console.print(f"[red]error[/red] {ev['file']} ({ev['stage']}): {ev['message']}", markup=True, highlight=False)
+                    bar.console.print(f"[red]error[/red] {escape(ev['file'])} ({ev['stage']}): {escape(ev['message'])}", highlight=False)
                 el = max(bar.tasks[0].elapsed or 1e-9, 1e-9)
                 done = bar.tasks[0].completed + 1
                 bar.update(task, advance=1, rate=f"{done / el:.2f} img/s {state['persons'] / el:.2f} persons/s")
-            summary = run_inference(sources, engine, opts, box_map, progress)
+            summary = run_inference(sources, engine, opts, progress=progress, detector=det)
+    if hasattr(det, "close"):
+        det.close()
     rec = summary.to_json()
     rec["out"] = str(out)
     if as_json:

@@ -4,6 +4,11 @@ Registry entry fields: ``filename``, ``layout``, ``arch``, ``backbone``, ``num_r
 ``url`` (direct download URL, or null when the publisher only offers an interactive page),
 ``source`` (where to get it by hand), ``sha256`` (full digest, or null when unknown),
 ``licence``, ``published`` (3DPW figures from the paper/release).
+
+Person-detector weights live in the ``detectors`` section (same fields where they apply,
+plus ``kind: "detector"``, ``framework``, ``config``, and ``sha256_prefix``: the leading hex
+digits of the digest when only those are published, as in OpenMMLab's filenames). Fetch,
+verify and the listing see both sections; names are unique across them.
 """
 
 from __future__ import annotations
@@ -31,8 +36,30 @@ def _registry() -> dict[str, Any]:
     return json.loads(assets.asset_path("registry.json").read_text())
 
 
-def known_checkpoints() -> dict[str, dict[str, Any]]:
-    return dict(_registry()["checkpoints"])
+#: Registry sections holding downloadable weights: regressors, then person detectors.
+SECTIONS = ("checkpoints", "detectors")
+
+
+def known_checkpoints(section: str | None = None) -> dict[str, dict[str, Any]]:
+    """Registry entries by name: one section (``"checkpoints"``: regressors, ``"detectors"``)
+    or, by default, both."""
+    reg = _registry()
+    out: dict[str, dict[str, Any]] = {}
+    for sec in (section,) if section else SECTIONS:
+        out.update(reg.get(sec, {}))
+    return out
+
+
+def _sha_matches(digest: str, entry: dict[str, Any]) -> bool | None:
+    """Whether ``digest`` matches the entry's full sha256, else its published prefix;
+    None when the registry knows neither."""
+    want = entry.get("sha256")
+    if want:
+        return digest == want
+    prefix = entry.get("sha256_prefix")
+    if prefix:
+        return digest.startswith(prefix.lower())
+    return None
 
 
 def _manual(entry: dict[str, Any], dest: Path) -> str:
@@ -101,8 +128,8 @@ def fetch_checkpoint(
                 reason = getattr(e, "reason", e)
                 raise FetchError(f"{name}: cannot download {url} ({reason}). {_manual(entry, dest)}") from None
         digest = h.hexdigest()
-        want = entry.get("sha256")
-        if want and digest != want:
+        if _sha_matches(digest, entry) is False:
+            want = entry.get("sha256") or f"{entry['sha256_prefix']}..."
             raise FetchError(f"{name}: downloaded file has sha256 {digest}, expected {want}; not kept. "
                              f"{_manual(entry, dest)}")
         os.replace(tmp, target)
@@ -123,13 +150,32 @@ def verify_checkpoint(path_or_name: str | os.PathLike) -> dict[str, Any]:
     entry_name = next((n for n, e in reg.items() if e["filename"] == path.name or n == str(path_or_name)), None)
     rep: dict[str, Any] = {"path": str(path), "sha256": digest, "registry_name": entry_name}
     if entry_name is not None:
-        want = reg[entry_name].get("sha256")
-        rep["sha256_expected"] = want
-        rep["sha256_ok"] = (digest == want) if want else None
+        entry = reg[entry_name]
+        rep["sha256_expected"] = entry.get("sha256")
+        if not entry.get("sha256") and entry.get("sha256_prefix"):
+            rep["sha256_prefix_expected"] = entry["sha256_prefix"]
+        rep["sha256_ok"] = _sha_matches(digest, entry)
+        if entry.get("kind") == "detector":
+            return _verify_detector(path, entry, rep)
     try:
         _, cfg = load_checkpoint(path)
         rep.update(loads=True, layout=cfg.provenance.get("layout", "native"), arch=cfg.arch, backbone=cfg.backbone,
                    num_rois=cfg.num_rois)
+    except CheckpointError as e:
+        rep.update(loads=False, error=str(e))
+    rep["ok"] = rep["loads"] and rep.get("sha256_ok") is not False
+    return rep
+
+
+def _verify_detector(path: Path, entry: dict[str, Any], rep: dict[str, Any]) -> dict[str, Any]:
+    """Detector weights: readable without running code (the detector framework itself is
+    not needed for this check)."""
+    from hmrcli.detect.mmdet_backend import read_mmdet_checkpoint
+
+    try:
+        sd, _meta = read_mmdet_checkpoint(path)
+        rep.update(loads=True, layout=entry.get("framework", "mmdet"), arch=entry.get("arch"),
+                   backbone=entry.get("backbone"), num_rois=None, tensors=len(sd))
     except CheckpointError as e:
         rep.update(loads=False, error=str(e))
     rep["ok"] = rep["loads"] and rep.get("sha256_ok") is not False

@@ -1,0 +1,173 @@
+"""``hmrcli detect``: person boxes as JSON lines (``hmrcli.detections/1``); the detector
+options shared with ``hmrcli crop`` and ``hmrcli infer``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+DETECTOR_HELP = (
+    "Person detector: auto (mmdet when installed with a checkpoint, else mediapipe), "
+    "mmdet (MMDetection, every person), mediapipe (BlazePose, offline: finds only ONE person "
+    "per image, the most prominent), boxes (read --boxes FILE), whole-image (each image is one "
+    "person filling it, for pre-cropped person images)."
+)
+
+DetectorOpt = Annotated[str, typer.Option("--detector", "-d", help=DETECTOR_HELP, rich_help_panel="Detection")]
+BoxesOpt = Annotated[Optional[str], typer.Option(
+    "--boxes", help="Read person boxes instead of detecting: hmrcli detect JSON lines or a COCO annotations "
+    "JSON (person category; bbox x, y, w, h); '-' reads stdin. Implies --detector boxes.",
+    rich_help_panel="Detection")]
+DetScoreOpt = Annotated[Optional[float], typer.Option(
+    "--det-score", min=0.0, max=1.0, help="Minimum detection score (default 0.5; with --boxes: keep all).",
+    rich_help_panel="Detection")]
+DetConfigOpt = Annotated[Optional[str], typer.Option(
+    "--det-config", help="mmdet: detector config (file or name).", rich_help_panel="Detection")]
+DetCheckpointOpt = Annotated[Optional[str], typer.Option(
+    "--det-checkpoint", help="mmdet: detector checkpoint file.",
+    rich_help_panel="Detection")]
+MaxPersonsOpt = Annotated[Optional[int], typer.Option(
+    "--max-persons", min=1, help="Keep at most N persons per image (highest scores).", rich_help_panel="Detection")]
+
+
+def note(msg: str) -> None:
+    """One plain line on stderr (no wrapping, no markup)."""
+    sys.stderr.write(msg.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _device(name: str) -> str:
+    if name != "auto" and not name.startswith("cuda"):
+        return name
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)",
+                                 param_hint="--device")
+    return name
+
+
+def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float], det_config: Optional[str],
+                  det_checkpoint: Optional[str], device: str = "auto", batch_size: Optional[int] = None,
+                  quiet: bool = False) -> Any:
+    """Build the detector the options ask for, print which one runs on stderr; usage
+    problems and unavailable backends exit with status 2 and a message saying how to fix it."""
+    from hmrcli.detect import DETECTORS, DetectorUnavailable, create_detector, detection_summary
+
+    name = detector.strip().lower()
+    if name not in ("auto", *DETECTORS):
+        raise typer.BadParameter(f"unknown detector {detector!r}: use auto, {', '.join(DETECTORS)}",
+                                 param_hint="--detector")
+    if boxes is not None:
+        if name not in ("auto", "boxes"):
+            raise typer.BadParameter(f"--boxes reads boxes instead of running a detector; drop --detector {name}",
+                                     param_hint="--boxes")
+        name = "boxes"
+    elif name == "boxes":
+        raise typer.BadParameter("--detector boxes needs --boxes FILE ('-' for stdin)", param_hint="--boxes")
+    elif name == "auto" and (det_config or det_checkpoint):
+        name = "mmdet"  # asked for an mmdet model: no silent fallback to another detector
+    if name != "mmdet" and name != "auto" and (det_config or det_checkpoint):
+        note(f"warning: --det-config/--det-checkpoint are for mmdet; the {name} detector ignores them")
+    opts: dict[str, Any] = {"score_thr": det_score, "config": det_config, "checkpoint": det_checkpoint,
+                            "batch_size": batch_size}
+    if name in ("auto", "mmdet"):
+        opts["device"] = _device(device)
+    if name == "boxes":
+        opts["source"] = boxes
+    try:
+        det = create_detector(name, **opts)
+    except DetectorUnavailable as e:
+        note(f"error: detector {name} is not available: {e}")
+        raise typer.Exit(2) from None
+    except (FileNotFoundError, ValueError) as e:
+        note(f"error: {e}")
+        raise typer.Exit(2) from None
+    if not quiet:
+        note(detection_summary(det))
+    return det
+
+
+def detect(
+    images: Annotated[Optional[list[str]], typer.Argument(
+        help="Image files, folders (recursive) or globs. With --boxes and no images: the images the boxes name.",
+        show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the JSON lines to this file "
+                   "(atomically, when done) instead of stdout.")] = None,
+    detector: DetectorOpt = "auto",
+    boxes: BoxesOpt = None,
+    det_score: DetScoreOpt = None,
+    det_config: DetConfigOpt = None,
+    det_checkpoint: DetCheckpointOpt = None,
+    max_persons: MaxPersonsOpt = None,
+    device: Annotated[str, typer.Option(help="mmdet: cpu, cuda, cuda:N or auto.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per detector call.")] = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+) -> None:
+    """Find the people in images: one JSON line per image on stdout or --out (schema
+    hmrcli.detections/1: path, width, height, and per person box_xyxy in pixels, score, class,
+    detector). The detector that runs is named on stderr.
+
+    Note: mediapipe, the offline default when no MMDetection checkpoint is installed, finds
+    only ONE person per image.
+
+    Exit status: 0 all images done, 1 some failed (named on stderr), 2 all failed or bad usage."""
+    from hmrcli.detect import detect_sources
+    from hmrcli.export.writers import atomic_write_text
+    from hmrcli.records import detection_record
+    from hmrcli.sources import expand_inputs
+
+    det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, quiet)
+    if images:
+        sources = expand_inputs(images)
+    elif det.name == "boxes":
+        from hmrcli.detect.boxes_backend import sources_from_records
+
+        sources = sources_from_records(det.records)
+    else:
+        raise typer.BadParameter("give images (files, folders or globs)", param_hint="IMAGES")
+    if not sources:
+        note("error: no input images found")
+        raise typer.Exit(2)
+
+    t0 = time.perf_counter()
+    lines: list[str] = []
+    n_ok = n_failed = n_persons = 0
+    for r in detect_sources(sources, det, batch_size=batch_size, max_persons=max_persons):
+        if r.error is not None:
+            n_failed += 1
+            note(f"error ({r.error[0]}): {r.error[1]}")
+            continue
+        n_ok += 1
+        n_persons += len(r.detections)
+        line = json.dumps(detection_record(str(r.source.path), r.width, r.height,
+                                           [d.to_json() for d in r.detections], detector=det.name),
+                          ensure_ascii=False)
+        if out is None:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        else:
+            lines.append(line)
+    if out is not None:
+        try:
+            atomic_write_text(out, "".join(x + "\n" for x in lines))
+        except OSError as e:
+            note(f"error: {out}: cannot write ({e.strerror or e})")
+            raise typer.Exit(2) from None
+    if hasattr(det, "close"):
+        det.close()
+    if not quiet:
+        note(f"detect: {n_ok} images, {n_persons} persons, {n_failed} failed in {time.perf_counter() - t0:.1f} s"
+             + (f" -> {out}" if out is not None else ""))
+    raise typer.Exit(0 if n_failed == 0 else (2 if n_ok == 0 else 1))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("detect")(detect)
