@@ -95,6 +95,26 @@ def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float
     return det
 
 
+
+def input_sources(images: Optional[list[str]], det) -> list:
+    """The images to process: those given, or (with the boxes detector and no images) the
+    images its records name. Exits with status 2 when there are none."""
+    from hmrcli.sources import expand_inputs
+
+    if images:
+        sources = expand_inputs(images)
+    elif det.name == "boxes":
+        from hmrcli.detect.boxes_backend import sources_from_records
+
+        sources = sources_from_records(det.records)
+    else:
+        raise typer.BadParameter("give images (files, folders or globs)", param_hint="IMAGES")
+    if not sources:
+        note("error: no input images found")
+        raise typer.Exit(2)
+    return sources
+
+
 def detect(
     images: Annotated[Optional[list[str]], typer.Argument(
         help="Image files, folders (recursive) or globs. With --boxes and no images: the images the boxes name.",
@@ -122,20 +142,9 @@ def detect(
     from hmrcli.detect import detect_sources
     from hmrcli.export.writers import atomic_write_text
     from hmrcli.records import detection_record
-    from hmrcli.sources import expand_inputs
 
     det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, quiet)
-    if images:
-        sources = expand_inputs(images)
-    elif det.name == "boxes":
-        from hmrcli.detect.boxes_backend import sources_from_records
-
-        sources = sources_from_records(det.records)
-    else:
-        raise typer.BadParameter("give images (files, folders or globs)", param_hint="IMAGES")
-    if not sources:
-        note("error: no input images found")
-        raise typer.Exit(2)
+    sources = input_sources(images, det)
 
     t0 = time.perf_counter()
     lines: list[str] = []

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from hmrcli.cli._output import print_json, stderr, want_json
-from hmrcli.cli.detect import (BoxesOpt, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt, MaxPersonsOpt,
+from hmrcli.cli.detect import (BoxesOpt, input_sources, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt, MaxPersonsOpt,
                                make_detector)
 
 
@@ -64,7 +64,6 @@ def infer(
     from hmrcli.engine.regress import RegressionEngine
     from hmrcli.nn.checkpoints import CheckpointError
     from hmrcli.pipeline import InferOptions, run_inference
-    from hmrcli.sources import expand_inputs
 
     as_json = want_json(json_out)
     fmts = tuple(f.strip().lower() for f in mesh_format.split(",") if f.strip())
@@ -90,17 +89,7 @@ def infer(
                      f"{body.info.name} body model: meshes use its mean shape (the betas are still saved).",
                      markup=False, highlight=False)
     det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, quiet=quiet)
-    if images:
-        sources = expand_inputs(images)
-    elif det.name == "boxes":
-        from hmrcli.detect.boxes_backend import sources_from_records
-
-        sources = sources_from_records(det.records)
-    else:
-        raise typer.BadParameter("give images (files, folders or globs)", param_hint="IMAGES")
-    if not sources:
-        stderr.print("error: no input images found", markup=False)
-        raise typer.Exit(2)
+    sources = input_sources(images, det)
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
                         checkpoint=str(checkpoint), max_persons=max_persons)
 
