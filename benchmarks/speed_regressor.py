@@ -12,56 +12,12 @@ Prints one JSON object. Random weights (speed does not depend on their values).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
-import resource
 import subprocess
 import sys
-import time
 
-PAPER_TABLE3_FPS_RTX3090 = {1: 76.3, 2: 63.5, 3: 61.7, 4: 57.3, 5: 55.6}
-
-
-def _one(backbone: str, m: int, batch: int, device: str, precision: str, repeats: int, body: str) -> dict:
-    import torch
-
-    from hmrcli.body import load_body_model
-    from hmrcli.nn.checkpoints import RegressorConfig, build_model
-
-    torch.manual_seed(0)
-    arch = "multiroi"
-    cfg = RegressorConfig(arch=arch, backbone=backbone, num_rois=m)
-    model = build_model(cfg).eval().to(device)
-    bm = load_body_model(body)
-    dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    crops = torch.randn(batch, m, 3, *cfg.crop_hw, device=device)
-    info = torch.randn(batch, m, 3, device=device) * 0.3
-
-    def step(with_body: bool):
-        with torch.no_grad(), (torch.autocast(torch.device(device).type, dtype=dt) if dt else contextlib.nullcontext()):
-            out = model(crops, info)
-        if with_body:
-            bm(out.person_rotmats.float(), out.person_betas.float())
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    step(True)  # warm-up
-    res = {}
-    for key, with_body in (("network", False), ("network+body", True)):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            step(with_body)
-            times.append(time.perf_counter() - t0)
-        best = min(times)
-        res[key] = {"ms_per_person": round(1000 * best / batch, 2), "persons_per_s": round(batch / best, 2)}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    out = {"backbone": backbone, "num_rois": m, "batch": batch, "device": device, "precision": precision,
-           "body_model": body, **res, "peak_rss_mib": round(peak, 1)}
-    if device.startswith("cuda"):
-        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
+from hmrcli.bench.speed import PAPER_TABLE3_FPS_RTX3090, measure_speed  # shared with `hmrcli benchmark --speed`
 
 
 def main() -> None:
@@ -77,7 +33,7 @@ def main() -> None:
     a = ap.parse_args()
     if a._child:
         m, b, _ = (int(x) for x in a._child)
-        print(json.dumps(_one(a.backbone, m, b, a.device, a.precision, a.repeats, a.body_model)))
+        print(json.dumps(measure_speed(a.backbone, m, b, a.device, a.precision, a.repeats, a.body_model)))
         return
     import torch
 

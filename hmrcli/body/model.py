@@ -63,6 +63,10 @@ COCO17_NAMES: tuple[str, ...] = (
     "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
     "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
+# Standard Human3.6M naming of SPIN's 17-joint regressor. SPIN's evaluation map to the 14 LSP
+# joints ([6,5,4,1,2,3,16,15,14,...], METHOD.md section 6) sends joints 6,5,4 to LSP's *right*
+# leg, i.e. the left/right labels of the released regressor and this list may be swapped; the
+# metrics only use the index map, applied to prediction and ground truth alike.
 H36M17_NAMES: tuple[str, ...] = (
     "pelvis", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee",
     "left_ankle", "spine", "thorax", "neck_nose", "head", "left_shoulder", "left_elbow",

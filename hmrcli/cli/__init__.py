@@ -40,6 +40,7 @@ def _root(
     """hmrcli: batch 3D human mesh recovery."""
 
 
+from hmrcli.cli import benchmark as _benchmark  # noqa: E402
 from hmrcli.cli import crop as _crop  # noqa: E402
 from hmrcli.cli import detect as _detect  # noqa: E402
 from hmrcli.cli import doctor as _doctor  # noqa: E402  (each module registers its commands)
@@ -51,6 +52,7 @@ _detect.register(app)
 _crop.register(app)
 _infer.register(app)
 _weights.register(app)
+_benchmark.register(app)
 
 
 def main() -> None:

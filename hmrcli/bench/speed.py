@@ -1,0 +1,96 @@
+"""Regressor speed: persons/s and ms/person for M RoIs (the analogue of the Multi-RoI
+paper's Table 3), network alone (crops already prepared) and network + body model.
+
+Random weights (speed does not depend on their values); best of ``repeats`` timed runs
+after one warm-up. ``fresh_process=True`` measures each configuration in a new Python
+process so that its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+__all__ = ["PAPER_TABLE3_FPS_RTX3090", "measure_speed", "speed_report"]
+
+PAPER_TABLE3_FPS_RTX3090 = {1: 76.3, 2: 63.5, 3: 61.7, 4: 57.3, 5: 55.6}
+
+
+def measure_speed(backbone: str = "resnet50", num_rois: int = 5, batch: int = 1, device: str = "cpu",
+                  precision: str = "fp32", repeats: int = 3, body: str = "free") -> dict[str, Any]:
+    """One configuration in this process -> timings (ms/person, persons/s) and peak memory (MiB)."""
+    import torch
+
+    from hmrcli.body import load_body_model
+    from hmrcli.nn.checkpoints import RegressorConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = RegressorConfig(arch="multiroi", backbone=backbone, num_rois=num_rois)
+    model = build_model(cfg).eval().to(device)
+    bm = load_body_model(body)
+    dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    crops = torch.randn(batch, num_rois, 3, *cfg.crop_hw, device=device)
+    info = torch.randn(batch, num_rois, 3, device=device) * 0.3
+
+    def step(with_body: bool) -> None:
+        with torch.no_grad(), (torch.autocast(torch.device(device).type, dtype=dt) if dt else contextlib.nullcontext()):
+            out = model(crops, info)
+        if with_body:
+            bm(out.person_rotmats.float(), out.person_betas.float())
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    step(True)  # warm-up
+    res = {}
+    for key, with_body in (("network", False), ("network+body", True)):
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            step(with_body)
+            times.append(time.perf_counter() - t0)
+        best = min(times)
+        res[key] = {"ms_per_person": round(1000 * best / batch, 2), "persons_per_s": round(batch / best, 2)}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    out = {"backbone": backbone, "num_rois": num_rois, "batch": batch, "device": device, "precision": precision,
+           "body_model": body, **res, "peak_rss_mib": round(peak, 1)}
+    if device.startswith("cuda"):
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def _child(kwargs: dict[str, Any]) -> dict[str, Any]:
+    code = "import json,sys;from hmrcli.bench.speed import measure_speed;print(json.dumps(measure_speed(**json.loads(sys.argv[1]))))"
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"num_rois": kwargs["num_rois"], "batch": kwargs["batch"], "error": r.stderr.strip().splitlines()[-1:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def speed_report(backbone: str = "resnet50", rois: Sequence[int] = (1, 2, 3, 4, 5), batches: Sequence[int] = (1, 16),
+                 device: str = "cpu", precision: str = "fp32", repeats: int = 3, body: str = "free",
+                 fresh_process: bool = True) -> dict[str, Any]:
+    """Every (batch, M) configuration -> ``{"benchmark", "device_name", "torch", "note",
+    "paper_table3_fps_rtx3090_batch1", "results": [...]}`` (the speed_regressor.py JSON)."""
+    import torch
+
+    rows = []
+    for b in batches:
+        for m in rois:
+            kw = {"backbone": backbone, "num_rois": int(m), "batch": int(b), "device": device,
+                  "precision": precision, "repeats": int(repeats), "body": body}
+            rows.append(_child(kw) if fresh_process else measure_speed(**kw))
+    name = (torch.cuda.get_device_name(0) if device.startswith("cuda")
+            else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+    return {
+        "benchmark": "hmrcli.speed_regressor/1", "device_name": name, "torch": torch.__version__,
+        "note": "random weights; network = backbone over M crops + fusion + 3-iteration regressor; "
+                "network+body adds the body model (posing the mesh). Best of --repeats."
+                + ("" if fresh_process else " Measured in one process: peak_rss_mib is cumulative."),
+        "paper_table3_fps_rtx3090_batch1": PAPER_TABLE3_FPS_RTX3090, "results": rows,
+    }

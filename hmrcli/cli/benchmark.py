@@ -1,0 +1,133 @@
+"""``hmrcli benchmark``: 3DPW / Human3.6M accuracy (MPJPE, PA-MPJPE, PVE in mm) of a
+checkpoint, next to the published figures (protocol: METHOD.md section 6)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hmrcli.cli._output import print_json, stderr, stdout, want_json
+
+
+class _Dataset(str, Enum):
+    pw3d = "3dpw"
+    h36m = "h36m"
+
+
+class _Boxes(str, Enum):
+    dataset = "dataset"
+    detect = "detect"
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def benchmark(
+    dataset: Annotated[Optional[_Dataset], typer.Option("--dataset", help="3dpw or h36m (Protocol 2).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="3DPW root (sequenceFiles/ + imageFiles/, or "
+                         "3dpw_test.npz + imageFiles/) or the folder of h36m_valid_protocol2.npz.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint file or registry name.")] = None,
+    split: Annotated[str, typer.Option(help="3DPW split (sequenceFiles/<split>).")] = "test",
+    boxes: Annotated[_Boxes, typer.Option("--boxes", help="Person boxes: the dataset's (keypoint/annotation boxes), "
+                                          "or a detector's, matched to each person by IoU.")] = _Boxes.dataset,
+    detector: Annotated[str, typer.Option("--detector", help="--boxes detect: auto, mmdet, mediapipe, whole-image.")] = "auto",
+    det_score: Annotated[Optional[float], typer.Option("--det-score", help="--boxes detect: score threshold.")] = None,
+    smpl_dir: Annotated[Optional[str], typer.Option("--smpl-dir", envvar="HMRCLI_SMPL_DIR",
+                                                    help="Folder with SMPL neutral/male/female and J_regressor_h36m.npy.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    aggregation: Annotated[Optional[str], typer.Option(help="Override the checkpoint's aggregation (code|paper).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N persons.", min=1)] = None,
+    ground_truth: Annotated[bool, typer.Option("--ground-truth-predictor", help="Sanity check of data and protocol: "
+                                               "predict the ground truth itself (expect 0 mm); no checkpoint.")] = False,
+    speed: Annotated[bool, typer.Option("--speed", help="Speed instead of accuracy: persons/s for M RoIs with "
+                                        "random weights (no dataset needed; see --rois, --batch-size, --repeats).")] = False,
+    rois: Annotated[Optional[list[int]], typer.Option("--rois", help="--speed: RoI counts M (repeat the option).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="--speed: timed runs, best kept.")] = 3,
+    backbone: Annotated[str, typer.Option(help="--speed: backbone.")] = "resnet50",
+    precision: Annotated[str, typer.Option(help="--speed: fp32, bf16 or fp16.")] = "fp32",
+    fresh_process: Annotated[bool, typer.Option("--fresh-process/--same-process",
+                                                help="--speed: one process per configuration (honest peak memory).")] = True,
+    json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON output (default: JSON when "
+                                                     "stdout is not a terminal).")] = None,
+) -> None:
+    """Evaluate a checkpoint on 3DPW or Human3.6M (MPJPE / PA-MPJPE / PVE, mm), overall and
+    per sequence, beside the published figures. Needs the user's SMPL files and SPIN's
+    J_regressor_h36m.npy. With --speed: regressor speed vs RoI count (paper Table 3)."""
+    from hmrcli.bench.datasets import DatasetError
+    from hmrcli.bench.evaluate import BenchmarkAssetsError, GroundTruthPredictor, run_benchmark
+    from hmrcli.cli.infer import _device
+    from hmrcli.detect import DetectorUnavailable
+
+    dev = _device(device)
+    if speed:
+        _speed(rois or [1, 2, 3, 4, 5], batch_size, dev, precision, repeats, backbone, fresh_process, json_out)
+        return
+    if dataset is None or data_root is None:
+        raise typer.BadParameter("give --dataset and --data-root (or --speed)")
+    if (checkpoint is None) == (not ground_truth):
+        raise typer.BadParameter("give --checkpoint, or --ground-truth-predictor for a sanity check (not both)")
+    try:
+        rep = run_benchmark(dataset.value, data_root, checkpoint=checkpoint, split=split, boxes=boxes.value,
+                            smpl_dir=smpl_dir, device=dev, batch_size=batch_size, aggregation=aggregation,
+                            predictor=GroundTruthPredictor() if ground_truth else None, limit=limit,
+                            detector=detector, detector_opts={"score_thr": det_score, "device": dev})
+    except (BenchmarkAssetsError, DatasetError, DetectorUnavailable, FileNotFoundError, ValueError) as e:
+        stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if want_json(json_out):
+        print_json(rep)
+        return
+    stdout.print(f"[bold]{rep['dataset']}[/bold] {rep['split']}: {rep['count']} persons from {escape(rep['source'])}")
+    stdout.print(f"predictor {escape(str(rep['predictor']))}  M={rep['num_rois'] or '-'}  aggregation "
+                 f"{rep['aggregation'] or '-'}  device {rep['device']}  boxes {rep['boxes']}")
+    if "detection" in rep:
+        d = rep["detection"]
+        stdout.print(f"detector {escape(str(d['detector']))}: {d['matched']} matched, "
+                     f"{d['fallback_to_dataset_box']} without an overlapping detection (dataset box used)")
+    tab = Table(title="Accuracy (mm)")
+    for c in ("", "persons", "MPJPE", "PA-MPJPE", "PVE"):
+        tab.add_column(c, justify="right" if c else "left")
+    o = rep["overall"]
+    tab.add_row("[bold]ours (overall)[/bold]", str(o["count"]), _fmt(o["MPJPE"]), _fmt(o["PA-MPJPE"]), _fmt(o["PVE"]))
+    for p in rep["published"]:
+        tab.add_row(f"published: {escape(p['source'])}", "", _fmt(p["MPJPE"]), _fmt(p["PA-MPJPE"]), _fmt(p["PVE"]))
+    tab.add_section()
+    for name, s in rep["sequences"].items():
+        tab.add_row(escape(name), str(s["count"]), _fmt(s["MPJPE"]), _fmt(s["PA-MPJPE"]), _fmt(s["PVE"]))
+    stdout.print(tab)
+    stdout.print(f"protocol: {escape(rep['protocol'])}", style="dim")
+
+
+def _speed(rois, batch, device, precision, repeats, backbone, fresh_process, json_out) -> None:
+    from hmrcli.bench.speed import speed_report
+
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise typer.BadParameter(f"--precision must be fp32, bf16 or fp16; got {precision!r}")
+    rep = speed_report(backbone=backbone, rois=rois, batches=[batch], device=device, precision=precision,
+                       repeats=repeats, fresh_process=fresh_process)
+    if want_json(json_out):
+        print_json(rep)
+        return
+    tab = Table(title=f"Regressor speed ({escape(rep['device_name'])}, {backbone}, {precision}, batch {batch})")
+    for c in ("M", "network ms/person", "network persons/s", "+body persons/s", "peak RSS MiB", "paper fps (RTX 3090, batch 1)"):
+        tab.add_column(c, justify="right")
+    for r in rep["results"]:
+        if "error" in r:
+            tab.add_row(str(r["num_rois"]), "[red]error[/red]", escape(" ".join(r["error"])), "", "", "")
+            continue
+        paper = rep["paper_table3_fps_rtx3090_batch1"].get(r["num_rois"])
+        tab.add_row(str(r["num_rois"]), f"{r['network']['ms_per_person']:.1f}", f"{r['network']['persons_per_s']:.1f}",
+                    f"{r['network+body']['persons_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}", _fmt(paper))
+    stdout.print(tab)
+    stdout.print(escape(rep["note"]), style="dim")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("benchmark")(benchmark)
