@@ -1,6 +1,7 @@
 """``hmrcli benchmark`` end to end on the synthetic dataset (fake SMPL, synthetic regressor)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,14 @@ def test_detector_boxes_matched_by_iou(setup, tmp_path):
     rep = json.loads(r.stdout)
     assert rep["boxes"] == "detect" and rep["detection"]["matched"] == 2
     assert rep["detection"]["fallback_to_dataset_box"] == 0
+
+
+def test_speed_end_to_end_on_images():
+    samples = Path(__file__).resolve().parents[1] / "sample_images"
+    r = runner.invoke(app, ["benchmark", "--speed", "--rois", "1", "--batch-size", "2", "--repeats", "1",
+                            "--same-process", "--device", "cpu", "--detector", "whole-image",
+                            "--images", str(samples), "--json"])
+    assert r.exit_code == 0, r.output
+    (e2e,) = json.loads(r.stdout)["end_to_end"]
+    assert e2e["images"] == 3 and e2e["persons"] == 3 and e2e["detector"] == "whole-image"
+    assert all(v > 0 for v in e2e["seconds"].values()) and e2e["persons_per_s"] > 0

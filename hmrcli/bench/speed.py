@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-__all__ = ["PAPER_TABLE3_FPS_RTX3090", "measure_speed", "speed_report"]
+__all__ = ["PAPER_TABLE3_FPS_RTX3090", "measure_speed", "measure_pipeline", "speed_report"]
 
 PAPER_TABLE3_FPS_RTX3090 = {1: 76.3, 2: 63.5, 3: 61.7, 4: 57.3, 5: 55.6}
 
@@ -64,6 +64,73 @@ def measure_speed(backbone: str = "resnet50", num_rois: int = 5, batch: int = 1,
     return out
 
 
+def measure_pipeline(images: Sequence[str], backbone: str = "resnet50", num_rois: int = 5, batch: int = 16,
+                     device: str = "cpu", precision: str = "fp32", detector: str = "auto",
+                     body: str = "free") -> dict[str, Any]:
+    """End to end over real image files: decode -> detect -> crop (RoIs) -> network + body
+    model, each stage timed (seconds in total, ms per image / per person). One pass after a
+    warm-up on the first image; random regressor weights."""
+    import torch
+
+    from hmrcli.body import load_body_model
+    from hmrcli.detect import create_detector, detect_images
+    from hmrcli.detect.base import DetectorUnavailable
+    from hmrcli.engine.regress import PersonBox, RegressionEngine
+    from hmrcli.nn.checkpoints import RegressorConfig, build_model
+    from hmrcli.sources import read_image
+
+    torch.manual_seed(0)
+    cfg = RegressorConfig(arch="multiroi", backbone=backbone, num_rois=num_rois)
+    model = build_model(cfg).eval()
+    model.config = cfg
+    engine = RegressionEngine(model, load_body_model(body), device=device, precision=precision, batch_size=batch)
+    try:
+        det = create_detector(detector)
+    except DetectorUnavailable:
+        det = create_detector("whole-image")
+    stage = {"decode": 0.0, "detect": 0.0, "crop": 0.0, "network+body": 0.0}
+    persons = 0
+
+    def one_pass(paths: Sequence[str], timed: bool) -> int:
+        n = 0
+        prepared = []
+        for p in paths:
+            t0 = time.perf_counter()
+            img = read_image(p)
+            t1 = time.perf_counter()
+            dets = detect_images(det, [img], [p])[0]
+            t2 = time.perf_counter()
+            boxes = [PersonBox(d.box_xyxy, d.score, d.detector) for d in dets]
+            if boxes:
+                prepared.append((engine.prepare(img, boxes), boxes))
+            t3 = time.perf_counter()
+            n += len(boxes)
+            if timed:
+                stage["decode"] += t1 - t0
+                stage["detect"] += t2 - t1
+                stage["crop"] += t3 - t2
+        t4 = time.perf_counter()
+        if prepared:
+            engine.run(prepared)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if timed:
+            stage["network+body"] += time.perf_counter() - t4
+        return n
+
+    one_pass(list(images)[:1], timed=False)  # warm-up
+    persons = one_pass(list(images), timed=True)
+    total = sum(stage.values())
+    n_img = len(images)
+    return {
+        "detector": det.name, "images": n_img, "persons": persons, "num_rois": num_rois, "batch": batch,
+        "seconds": {k: round(v, 4) for k, v in stage.items()},
+        "ms_per_image": round(1000 * total / max(n_img, 1), 2),
+        "ms_per_person": round(1000 * total / max(persons, 1), 2) if persons else None,
+        "persons_per_s": round(persons / total, 2) if total > 0 else None,
+    }
+
+
 def _child(kwargs: dict[str, Any]) -> dict[str, Any]:
     code = "import json,sys;from hmrcli.bench.speed import measure_speed;print(json.dumps(measure_speed(**json.loads(sys.argv[1]))))"
     r = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True)
@@ -74,7 +141,8 @@ def _child(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def speed_report(backbone: str = "resnet50", rois: Sequence[int] = (1, 2, 3, 4, 5), batches: Sequence[int] = (1, 16),
                  device: str = "cpu", precision: str = "fp32", repeats: int = 3, body: str = "free",
-                 fresh_process: bool = True) -> dict[str, Any]:
+                 fresh_process: bool = True, images: Sequence[str] | None = None,
+                 detector: str = "auto") -> dict[str, Any]:
     """Every (batch, M) configuration -> ``{"benchmark", "device_name", "torch", "note",
     "paper_table3_fps_rtx3090_batch1", "results": [...]}`` (the speed_regressor.py JSON)."""
     import torch
@@ -85,6 +153,11 @@ def speed_report(backbone: str = "resnet50", rois: Sequence[int] = (1, 2, 3, 4, 
             kw = {"backbone": backbone, "num_rois": int(m), "batch": int(b), "device": device,
                   "precision": precision, "repeats": int(repeats), "body": body}
             rows.append(_child(kw) if fresh_process else measure_speed(**kw))
+    end_to_end = []
+    if images:
+        for m in rois:
+            end_to_end.append(measure_pipeline(images, backbone=backbone, num_rois=int(m), batch=int(max(batches)),
+                                               device=device, precision=precision, detector=detector, body=body))
     name = (torch.cuda.get_device_name(0) if device.startswith("cuda")
             else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     return {
@@ -93,4 +166,5 @@ def speed_report(backbone: str = "resnet50", rois: Sequence[int] = (1, 2, 3, 4, 
                 "network+body adds the body model (posing the mesh). Best of --repeats."
                 + ("" if fresh_process else " Measured in one process: peak_rss_mib is cumulative."),
         "paper_table3_fps_rtx3090_batch1": PAPER_TABLE3_FPS_RTX3090, "results": rows,
+        "end_to_end": end_to_end,
     }

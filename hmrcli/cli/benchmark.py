@@ -54,6 +54,8 @@ def benchmark(
     precision: Annotated[str, typer.Option(help="--speed: fp32, bf16 or fp16.")] = "fp32",
     fresh_process: Annotated[bool, typer.Option("--fresh-process/--same-process",
                                                 help="--speed: one process per configuration (honest peak memory).")] = True,
+    images: Annotated[Optional[list[str]], typer.Option("--images", help="--speed: also time the whole pipeline "
+                      "(decode -> detect -> crop -> network + body) on these image files/folders (repeat the option).")] = None,
     json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON output (default: JSON when "
                                                      "stdout is not a terminal).")] = None,
 ) -> None:
@@ -67,7 +69,8 @@ def benchmark(
 
     dev = _device(device)
     if speed:
-        _speed(rois or [1, 2, 3, 4, 5], batch_size, dev, precision, repeats, backbone, fresh_process, json_out)
+        _speed(rois or [1, 2, 3, 4, 5], batch_size, dev, precision, repeats, backbone, fresh_process, json_out,
+               images, detector)
         return
     if dataset is None or data_root is None:
         raise typer.BadParameter("give --dataset and --data-root (or --speed)")
@@ -105,13 +108,18 @@ def benchmark(
     stdout.print(f"protocol: {escape(rep['protocol'])}", style="dim")
 
 
-def _speed(rois, batch, device, precision, repeats, backbone, fresh_process, json_out) -> None:
+def _speed(rois, batch, device, precision, repeats, backbone, fresh_process, json_out, images=None,
+           detector="auto") -> None:
     from hmrcli.bench.speed import speed_report
+    from hmrcli.sources import expand_inputs
+
+    paths = [str(s.path) for s in expand_inputs(images)] if images else None
 
     if precision not in ("fp32", "bf16", "fp16"):
         raise typer.BadParameter(f"--precision must be fp32, bf16 or fp16; got {precision!r}")
     rep = speed_report(backbone=backbone, rois=rois, batches=[batch], device=device, precision=precision,
-                       repeats=repeats, fresh_process=fresh_process)
+                       repeats=repeats, fresh_process=fresh_process, images=paths,
+                       detector=detector or "auto")
     if want_json(json_out):
         print_json(rep)
         return
@@ -126,6 +134,16 @@ def _speed(rois, batch, device, precision, repeats, backbone, fresh_process, jso
         tab.add_row(str(r["num_rois"]), f"{r['network']['ms_per_person']:.1f}", f"{r['network']['persons_per_s']:.1f}",
                     f"{r['network+body']['persons_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}", _fmt(paper))
     stdout.print(tab)
+    if rep.get("end_to_end"):
+        tab = Table(title=f"End to end on {rep['end_to_end'][0]['images']} images "
+                          f"(detector {escape(rep['end_to_end'][0]['detector'])})")
+        for c in ("M", "decode s", "detect s", "crop s", "network+body s", "ms/image", "persons/s"):
+            tab.add_column(c, justify="right")
+        for r in rep["end_to_end"]:
+            sec = r["seconds"]
+            tab.add_row(str(r["num_rois"]), f"{sec['decode']:.3f}", f"{sec['detect']:.3f}", f"{sec['crop']:.3f}",
+                        f"{sec['network+body']:.3f}", f"{r['ms_per_image']:.1f}", _fmt(r["persons_per_s"]))
+        stdout.print(tab)
     stdout.print(escape(rep["note"]), style="dim")
 
 
