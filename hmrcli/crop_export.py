@@ -27,6 +27,7 @@ import numpy as np
 from hmrcli import geometry as G
 from hmrcli._version import __version__
 from hmrcli.export.writers import atomic_write_bytes, atomic_write_text
+from hmrcli.records import batch_exit_code
 
 __all__ = ["CROPS_SCHEMA", "CropOptions", "CropSummary", "person_crops", "crop_record", "run_crops"]
 
@@ -63,9 +64,7 @@ class CropSummary:
     @property
     def exit_code(self) -> int:
         """0: every image done; 1: some failed; 2: all failed."""
-        if self.failed == 0:
-            return 0
-        return 2 if self.done == 0 else 1
+        return batch_exit_code(self.failed, self.done)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": "hmrcli.summary/1", "command": "crop", "images": self.images, "done": self.done,

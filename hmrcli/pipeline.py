@@ -28,6 +28,7 @@ import numpy as np
 from hmrcli._version import __version__
 from hmrcli.engine.regress import PersonBox, PersonEstimate, RegressionEngine
 from hmrcli.export.writers import atomic_write_bytes, atomic_write_text, mesh_bytes, npz_bytes
+from hmrcli.records import batch_exit_code
 from hmrcli.sources import ImageReadError, ImageSource, read_image
 
 __all__ = ["InferOptions", "InferSummary", "run_inference", "CAMERA_SCHEMA", "RESULT_SCHEMA", "camera_record"]
@@ -68,9 +69,7 @@ class InferSummary:
     @property
     def exit_code(self) -> int:
         """0: every image succeeded or was already done; 1: some failed; 2: all failed."""
-        if self.failed == 0:
-            return 0
-        return 2 if self.done + self.skipped == 0 else 1
+        return batch_exit_code(self.failed, self.done + self.skipped)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": "hmrcli.summary/1", "images": self.images, "done": self.done, "skipped": self.skipped,

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["DETECTIONS_SCHEMA", "read_detections", "read_detection_records", "parse_detection_records",
+__all__ = ["batch_exit_code", "DETECTIONS_SCHEMA", "read_detections", "read_detection_records", "parse_detection_records",
            "detection_record", "validate_person"]
 
 DETECTIONS_SCHEMA = "hmrcli.detections/1"
@@ -116,3 +116,11 @@ def read_detections(source: str | os.PathLike | io.TextIOBase) -> dict[str, list
         out[rec["path"]] = rec["persons"]
         out[os.path.abspath(rec["path"])] = rec["persons"]
     return out
+
+
+def batch_exit_code(failed: int, succeeded: int) -> int:
+    """The documented exit status of a batch command: 0 nothing failed, 1 some inputs failed,
+    2 every input failed."""
+    if failed == 0:
+        return 0
+    return 2 if succeeded == 0 else 1

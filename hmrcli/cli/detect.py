@@ -175,7 +175,9 @@ def detect(
     if not quiet:
         note(f"detect: {n_ok} images, {n_persons} persons, {n_failed} failed in {time.perf_counter() - t0:.1f} s"
              + (f" -> {out}" if out is not None else ""))
-    raise typer.Exit(0 if n_failed == 0 else (2 if n_ok == 0 else 1))
+    from hmrcli.records import batch_exit_code
+
+    raise typer.Exit(batch_exit_code(n_failed, n_ok))
 
 
 def register(app: typer.Typer) -> None:
