@@ -267,6 +267,41 @@ class BodyModel:
     def has_h36m(self) -> bool:
         return self._h36m is not None
 
+    # -- read-only model arrays (float64 numpy copies) -------------------------------
+    @property
+    def skinning_weights(self) -> np.ndarray:
+        """(V, 24) linear-blend-skinning weights (rows sum to 1)."""
+        return self._base.lbs_weights.detach().cpu().numpy().copy()
+
+    @property
+    def joint_regressor(self) -> np.ndarray:
+        """(24, V) regressor of the skeleton joints from the shaped rest vertices."""
+        return self._base.J_regressor.detach().cpu().numpy().copy()
+
+    @property
+    def shapedirs(self) -> np.ndarray:
+        """(V, 3, num_betas) shape blend shapes."""
+        return self._base.shapedirs.detach().cpu().numpy().copy()
+
+    @property
+    def posedirs(self) -> np.ndarray:
+        """(207, V*3) pose-corrective blend shapes (smplx layout)."""
+        return self._base.posedirs.detach().cpu().numpy().copy()
+
+    @property
+    def coco_regressor(self) -> tuple[np.ndarray, np.ndarray]:
+        """(17, V) vertex and (17, 24) joint weights: keypoints_coco = Wv @ vertices + Wj @ joints."""
+        return self._coco_v.numpy().copy(), self._coco_j.numpy().copy()
+
+    def rest_joints(self, betas: np.ndarray | None = None) -> np.ndarray:
+        """(24, 3) skeleton joints of the unposed body with ``betas`` (mean shape when None)."""
+        v = self._base.v_template.detach().cpu().numpy()
+        if betas is not None:
+            b = np.zeros(self.num_betas)
+            b[: len(betas)] = np.asarray(betas, dtype=np.float64)
+            v = v + self.shapedirs @ b
+        return self.joint_regressor @ v
+
     def template(self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
         """Rest-pose mean-shape vertices (V, 3)."""
         return self._base.v_template.to(device=device, dtype=dtype).clone()

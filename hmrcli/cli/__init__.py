@@ -44,6 +44,7 @@ from hmrcli.cli import benchmark as _benchmark  # noqa: E402
 from hmrcli.cli import crop as _crop  # noqa: E402
 from hmrcli.cli import detect as _detect  # noqa: E402
 from hmrcli.cli import doctor as _doctor  # noqa: E402  (each module registers its commands)
+from hmrcli.cli import export as _export  # noqa: E402
 from hmrcli.cli import infer as _infer  # noqa: E402
 from hmrcli.cli import weights as _weights  # noqa: E402
 
@@ -53,6 +54,7 @@ _crop.register(app)
 _infer.register(app)
 _weights.register(app)
 _benchmark.register(app)
+_export.register(app)
 
 
 def main() -> None:

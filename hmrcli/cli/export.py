@@ -1,0 +1,89 @@
+"""``hmrcli export``: saved results in; meshes, skinned GLB, JSON, NPZ and overlays out, no network."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from hmrcli.cli._output import print_json, stderr, want_json
+
+
+def export(
+    results: Annotated[Path, typer.Argument(help="Results folder written by `hmrcli infer` (or one image's folder in it).",
+                                            show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: RESULTS itself).",
+                                                show_default=False)] = None,
+    formats: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: obj, ply, glb, json, npz, overlay.")] = "glb",
+    mesh_frame: Annotated[str, typer.Option("--mesh-frame", help="camera: vertices in the camera frame (default); "
+                          "model: body-model output before the camera translation.")] = "camera",
+    glb_camera: Annotated[bool, typer.Option("--glb-camera/--no-glb-camera", help="Put the camera into the GLB files.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
+    smpl_dir: Annotated[Optional[str], typer.Option("--smpl-dir", envvar="HMRCLI_SMPL_DIR",
+                                                    help="Folder with SMPL files (results made with SMPL).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON lines on stdout (default when not a terminal).")] = None,
+) -> None:
+    """Re-export saved results without running any network: per person OUT/<image>/person_XX.obj|.ply
+    (posed mesh), .glb (skinned, posed body with skeleton and camera), .json (hmrcli.person/1),
+    .params.npz; per image OUT/<image>/overlay.png. Existing files are kept unless --overwrite.
+
+    Exit status: 0 all done, 1 some persons or overlays failed (see OUT/errors.jsonl), 2 all
+    failed or bad usage."""
+    from hmrcli.export.results import EXPORT_FORMATS, ExportOptions, ResultsError, find_result_images, run_export
+
+    as_json = want_json(json_out)
+    fmts = tuple(dict.fromkeys(f.strip().lower() for f in formats.split(",") if f.strip()))
+    bad = [f for f in fmts if f not in EXPORT_FORMATS]
+    if bad or not fmts:
+        raise typer.BadParameter(f"unknown format(s) {bad or formats!r}: use {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    if mesh_frame not in ("camera", "model"):
+        raise typer.BadParameter("use camera or model", param_hint="--mesh-frame")
+    out = results if out is None else out
+    opts = ExportOptions(out=out, formats=fmts, mesh_frame=mesh_frame, overwrite=overwrite, smpl_dir=smpl_dir,
+                         glb_camera=glb_camera)
+    if not results.is_dir() or not find_result_images(results):
+        what = "not a folder" if not results.is_dir() else "no results found (no result.json below it; run `hmrcli infer` first)"
+        stderr.print(f"error: {results}: {what}", markup=False, highlight=False)
+        raise typer.Exit(2)
+    try:
+        if as_json:
+            def progress(ev):
+                if not quiet:
+                    print_json(ev)
+            summary = run_export(results, opts, progress=progress)
+        else:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            n = len(find_result_images(results))
+            with Progress(TextColumn("[bold]export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=stderr, disable=quiet) as bar:
+                task = bar.add_task("export", total=n)
+
+                def progress(ev):
+                    if ev["event"] == "error":
+                        fmt = f" {ev['format']}" if ev.get("format") else ""
+                        bar.console.print(f"[red]error[/red]{fmt}: {escape(ev['message'])}", highlight=False)
+                    elif ev["event"] == "done":
+                        bar.update(task, advance=1)
+                summary = run_export(results, opts, progress=progress)
+    except ResultsError as e:
+        stderr.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    rec = summary.to_json()
+    rec["out"] = str(out)
+    if as_json:
+        print_json(rec)
+    elif not quiet:
+        stderr.print(f"{summary.persons} persons in {summary.images} images: {summary.done} done, {summary.skipped} skipped, "
+                     f"{summary.failed} failed, {summary.written} files written in {summary.seconds:.1f} s -> {out}",
+                     highlight=False)
+    sys.stdout.flush()
+    raise typer.Exit(summary.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,189 @@
+"""Person landmarks for fitting: BlazePose on the person's RoIs, fused, mapped to COCO-17.
+
+The landmark model is MediaPipe's BlazePose (mediapipe 0.10.21, the ``[fit]`` extra, see
+:mod:`hmrcli.detect.mediapipe_backend`): per call 33 2D landmarks with a visibility score
+and 33 metric 3D "world" landmarks (origin between the hips).
+
+Multi-RoI at test time: the person's box becomes a square crop box, the M RoIs of the
+Multi-RoI layout (:func:`hmrcli.geometry.make_rois`: shifted and scaled copies) are cropped
+and BlazePose runs on each crop. The landmark sets are mapped back to full-image pixels and
+fused robustly: per landmark the visibility-weighted median over the RoIs whose result
+agrees with the consensus (RoIs whose median landmark distance from the first-pass median
+exceeds ``outlier_frac`` of the box size are dropped: BlazePose then found someone else, or
+nobody coherent). ``num_rois=1`` is a single crop (the plain way).
+
+Correspondence with the body model (``BLAZEPOSE_TO_COCO17``): the COCO-17 keypoints of
+:class:`hmrcli.body.BodyModel` (``keypoints_coco``) are matched to BlazePose landmarks of the
+same name: nose 0, left/right eye 2/5 (eye centres), ears 7/8, shoulders 11/12, elbows
+13/14, wrists 15/16, hips 23/24, knees 25/26, ankles 27/28. BlazePose's remaining
+landmarks (inner/outer eye corners, mouth, fingers, heels, toes) have no body-model
+counterpart and are not used. "left" is the person's left.
+
+Frames and units: ``kp2d`` full-image pixels (OpenCV: pixel (0, 0) is the centre of the
+top-left pixel); ``kp3d`` metres in MediaPipe's world frame, which is aligned with the
+camera (x right, y down, z away from the camera, i.e. OpenCV camera axes) with its origin
+at the midpoint of the hips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hmrcli import geometry as G
+
+__all__ = [
+    "BLAZEPOSE_NAMES",
+    "BLAZEPOSE_TO_COCO17",
+    "PersonLandmarks",
+    "Landmarker",
+    "fuse_landmark_sets",
+]
+
+BLAZEPOSE_NAMES: tuple[str, ...] = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
+    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
+    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
+    "right_heel", "left_foot_index", "right_foot_index",
+)
+#: BlazePose landmark index of each COCO-17 keypoint (``hmrcli.body.COCO17_NAMES`` order).
+BLAZEPOSE_TO_COCO17: tuple[int, ...] = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
+
+
+@dataclass
+class PersonLandmarks:
+    """Fused landmarks of one person, in COCO-17 order.
+
+    kp2d (17, 2) full-image pixels; conf2d (17,) in [0, 1] (BlazePose visibility, 0 where
+    the landmark is unusable); kp3d (17, 3) metres, camera-aligned axes, origin between the
+    hips; conf3d (17,); rois (M, 3) the RoI boxes (cx, cy, b) used; rois_ok (M,) bool: RoIs
+    whose result entered the fusion; blazepose2d (33, 2) / blazepose_vis (33,) /
+    blazepose3d (33, 3): the fused full BlazePose sets (for overlays and PC-HMR streams).
+    """
+
+    kp2d: np.ndarray
+    conf2d: np.ndarray
+    kp3d: np.ndarray
+    conf3d: np.ndarray
+    rois: np.ndarray
+    rois_ok: np.ndarray
+    blazepose2d: np.ndarray
+    blazepose_vis: np.ndarray
+    blazepose3d: np.ndarray
+
+    def to_json(self) -> dict:
+        return {
+            "keypoints": "COCO-17 (hmrcli.body.COCO17_NAMES)",
+            "kp2d_px": np.round(self.kp2d, 2).tolist(),
+            "conf2d": np.round(self.conf2d, 4).tolist(),
+            "kp3d_m": np.round(self.kp3d, 4).tolist(),
+            "rois_used": int(self.rois_ok.sum()),
+            "rois": int(len(self.rois)),
+        }
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-column weighted median. values (R, ...) over axis 0, weights (R,) >= 0."""
+    order = np.argsort(values, axis=0)
+    v = np.take_along_axis(values, order, axis=0)
+    w = np.broadcast_to(weights.reshape((-1,) + (1,) * (values.ndim - 1)), values.shape)
+    w = np.take_along_axis(np.ascontiguousarray(w), order, axis=0)
+    cw = np.cumsum(w, axis=0)
+    total = cw[-1:]
+    idx = np.argmax(cw >= 0.5 * total, axis=0)
+    return np.take_along_axis(v, idx[None], axis=0)[0]
+
+
+def fuse_landmark_sets(
+    lm2d: np.ndarray, vis: np.ndarray, lm3d: np.ndarray, box_size: float, outlier_frac: float = 0.15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Robustly fuse R landmark sets of one person.
+
+    lm2d (R, L, 2) pixels, vis (R, L), lm3d (R, L, 3); box_size: the person's box size in
+    pixels (scale of the outlier test). Returns fused (L, 2), (L,), (L, 3) and the (R,) mask
+    of sets kept. A set is dropped when its median landmark distance to the first-pass
+    (unweighted) median exceeds ``outlier_frac * box_size``.
+    """
+    lm2d = np.asarray(lm2d, dtype=np.float64)
+    vis = np.asarray(vis, dtype=np.float64)
+    lm3d = np.asarray(lm3d, dtype=np.float64)
+    r = lm2d.shape[0]
+    if r == 0:
+        raise ValueError("no landmark sets to fuse")
+    med = np.median(lm2d, axis=0)
+    dev = np.median(np.linalg.norm(lm2d - med[None], axis=-1), axis=1)  # (R,)
+    keep = dev <= outlier_frac * box_size
+    if not keep.any():
+        keep = dev <= dev.min()
+    a2, v, a3 = lm2d[keep], vis[keep], lm3d[keep]
+    w = np.clip(v, 1e-3, 1.0)  # (R', L)
+    fused2 = np.stack([_weighted_median(a2[:, j], w[:, j]) for j in range(a2.shape[1])])
+    fused3 = np.stack([_weighted_median(a3[:, j], w[:, j]) for j in range(a3.shape[1])])
+    fused_v = v.mean(axis=0)
+    return fused2, fused_v, fused3, keep
+
+
+class Landmarker:
+    """BlazePose landmarks per person box, optionally on every Multi-RoI crop (fused).
+
+    Args:
+        num_rois: 1 (a single crop) .. 5 (the Multi-RoI layout).
+        crop_size: side in pixels of the square crops given to BlazePose.
+        min_visibility: landmarks below this visibility get confidence 0.
+        detector: a :class:`hmrcli.detect.mediapipe_backend.MediaPipeDetector` to use
+            (one is created otherwise).
+    Raises:
+        hmrcli.detect.DetectorUnavailable: mediapipe 0.10.21 is not installed.
+    """
+
+    def __init__(self, num_rois: int = 5, crop_size: int = 384, min_visibility: float = 0.3,
+                 detector=None, box_rescale: float = 1.2) -> None:
+        from hmrcli.detect.mediapipe_backend import MediaPipeDetector
+
+        if not 1 <= num_rois <= 5:
+            raise ValueError(f"num_rois must be 1..5, got {num_rois}")
+        self.num_rois = int(num_rois)
+        self.crop_size = int(crop_size)
+        self.min_visibility = float(min_visibility)
+        self.box_rescale = float(box_rescale)
+        # Low thresholds: the crop already holds the person; visibility weights the fit.
+        self.detector = detector if detector is not None else MediaPipeDetector(score_thr=0.3, landmark_thr=0.3)
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def __call__(self, image: np.ndarray, box_xyxy: np.ndarray) -> PersonLandmarks | None:
+        """Landmarks of the person in ``box_xyxy`` (x1, y1, x2, y2 pixels) of the RGB uint8
+        ``image``; None when BlazePose finds nobody in any RoI."""
+        box = G.box_from_xyxy(np.asarray(box_xyxy, dtype=np.float64)[None], aspect="square",
+                              rescale=self.box_rescale)
+        rois = G.make_rois(box, self.num_rois)[0]  # (M, 3)
+        hw = (self.crop_size, self.crop_size)
+        affines = G.crop_affine(rois, hw)
+        sets2, sets_v, sets3, ok = [], [], [], np.zeros(len(rois), dtype=bool)
+        for m in range(len(rois)):
+            crop = G.crop_image_np(image, affines[m], hw)
+            res = self.detector.pose(crop)
+            if res is None:
+                continue
+            pts = G.map_points(res.landmarks, G.invert_affine(affines[m]))
+            if not np.all(np.isfinite(pts)) or not np.all(np.isfinite(res.world_landmarks)):
+                continue
+            sets2.append(pts)
+            sets_v.append(res.visibility)
+            sets3.append(res.world_landmarks)
+            ok[m] = True
+        if not sets2:
+            return None
+        f2, fv, f3, keep = fuse_landmark_sets(np.stack(sets2), np.stack(sets_v), np.stack(sets3), float(box[0, 2]))
+        idx = np.flatnonzero(ok)
+        ok[idx[~keep]] = False
+        sel = list(BLAZEPOSE_TO_COCO17)
+        conf = np.where(fv[sel] >= self.min_visibility, fv[sel], 0.0)
+        return PersonLandmarks(
+            kp2d=f2[sel], conf2d=conf, kp3d=f3[sel], conf3d=conf.copy(), rois=rois, rois_ok=ok,
+            blazepose2d=f2, blazepose_vis=fv, blazepose3d=f3,
+        )
