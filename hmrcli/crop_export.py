@@ -27,11 +27,10 @@ import numpy as np
 from hmrcli import geometry as G
 from hmrcli._version import __version__
 from hmrcli.export.writers import atomic_write_bytes, atomic_write_text
-from hmrcli.records import batch_exit_code
+from hmrcli.records import CROP_EVENT_SCHEMA, CROPS_SCHEMA, batch_exit_code, error_record, source_fields
 
-__all__ = ["CROPS_SCHEMA", "CropOptions", "CropSummary", "person_crops", "crop_record", "run_crops"]
-
-CROPS_SCHEMA = "hmrcli.crops/1"
+__all__ = ["CROPS_SCHEMA", "CROP_EVENT_SCHEMA", "CropOptions", "CropSummary", "person_crops", "crop_record",
+           "run_crops"]
 
 CROP_CONVENTION = (
     "Boxes (cx, cy, b) in full-image pixels, pixel centres at integer coordinates (OpenCV). "
@@ -93,12 +92,16 @@ def person_crops(image: np.ndarray, box_xyxy: Any, num_rois: int = 5, aspect: st
 
 
 def crop_record(pc: dict[str, Any], index: int, image_path: str, image_wh: tuple[int, int],
-                person: dict[str, Any], files: list[str], aspect: str, focal_source: str) -> dict[str, Any]:
-    """The ``hmrcli.crops/1`` JSON of one person (``pc`` from :func:`person_crops`)."""
+                person: dict[str, Any], files: list[str], aspect: str, focal_source: str,
+                source: Any = None) -> dict[str, Any]:
+    """The ``hmrcli.crops/1`` JSON of one person (``pc`` from :func:`person_crops`);
+    ``source`` (the ``ImageSource``) adds the image's output ``name`` (and video/frame)."""
     h, w = pc["crop_hw"]
+    image = {"path": image_path, **(source_fields(source) if source is not None else {}),
+             "width": int(image_wh[0]), "height": int(image_wh[1])}
     return {
         "schema": CROPS_SCHEMA,
-        "image": {"path": image_path, "width": int(image_wh[0]), "height": int(image_wh[1])},
+        "image": image,
         "person": {"index": index, **person},
         "crop": {"aspect": aspect, "height": h, "width": w, "box_rescale": pc["rescale"], "num_rois": len(files)},
         "focal_px": pc["focal"],
@@ -152,6 +155,7 @@ def run_crops(detected: Iterable[Any], opts: CropOptions,
             d = out / src.name
             try:
                 n = 0
+                boxes = []
                 for k, det in enumerate(item.detections):
                     pc = person_crops(item.image, det.box_xyxy, opts.num_rois, opts.aspect, opts.rescale, opts.focal)
                     stem = f"person_{k:02d}"
@@ -159,20 +163,23 @@ def run_crops(detected: Iterable[Any], opts: CropOptions,
                     for m, name in enumerate(files):
                         atomic_write_bytes(d / name, _png(pc["crops"][m]))
                     rec = crop_record(pc, k, str(src.path), (item.width, item.height), det.to_json(), files,
-                                      opts.aspect, focal_source)
+                                      opts.aspect, focal_source, source=src)
                     atomic_write_text(d / f"{stem}.crops.json", json.dumps(rec, indent=1))
+                    boxes.append({**det.to_json(), "crops_json": f"{stem}.crops.json"})
                     n += 1
                 summ.done += 1
                 summ.persons += n
                 summ.crops += n * opts.num_rois
                 if progress:
-                    progress({"event": "done", "file": str(src.path), "persons": n, "out": str(d)})
+                    progress({"schema": CROP_EVENT_SCHEMA, "event": "done", "file": str(src.path),
+                              **source_fields(src), "width": int(item.width), "height": int(item.height),
+                              "persons": n, "boxes": boxes, "out": str(d)})
                 continue
             except OSError as e:
                 stage, msg = "write", f"{d}: {e.strerror or e}"
             except Exception as e:
                 stage, msg = "crop", f"{src.path}: {type(e).__name__}: {e}"
-        rec = {"file": str(src.path), "stage": stage, "message": msg}
+        rec = error_record(str(src.path), stage, msg)
         try:
             _append_error(out, rec)
         except OSError:

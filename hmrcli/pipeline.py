@@ -1,4 +1,4 @@
-"""Batch inference: inputs -> persons -> regression engine -> files under ``--out``.
+"""Batch inference: inputs -> persons -> engine (regress | fit, optional refine) -> files under ``--out``.
 
 Output layout (schema ``hmrcli.result/1``), for an input filed under NAME (the file name,
 or its path below a given folder, extension kept so ``a.jpg`` and ``a.png`` differ)::
@@ -6,8 +6,13 @@ or its path below a given folder, extension kept so ``a.jpg`` and ``a.png`` diff
     OUT/NAME/person_00.obj|.ply        mesh (metres; frame: see camera JSON "mesh")
     OUT/NAME/person_00.camera.json     camera + boxes + RoIs (hmrcli.camera/1)
     OUT/NAME/person_00.params.npz      body-model parameters
+    OUT/NAME/overlay.png               with ``overlay``: all persons rendered over the photo
     OUT/NAME/result.json               written last: the image is done (hmrcli.result/1)
-    OUT/errors.jsonl                   one line per failed input (file, stage, message)
+    OUT/errors.jsonl                   one line per failed input or person (file, stage, message)
+
+XX in person_XX is the person's index among the image's detections; a person the engine
+could not reconstruct (e.g. no landmarks found in its box) has no files, an errors.jsonl
+line and an entry in result.json's "problems".
 
 Every file is written atomically; an image whose ``result.json`` exists is skipped unless
 ``overwrite``. A failing image never stops the batch.
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hmrcli._version import __version__
-from hmrcli.engine.regress import PersonBox, PersonEstimate, RegressionEngine
+from hmrcli.engine.regress import PersonBox, PersonEstimate
 from hmrcli.export.writers import atomic_write_bytes, atomic_write_text, mesh_bytes, npz_bytes
 from hmrcli.records import batch_exit_code
 from hmrcli.sources import ImageReadError, ImageSource, read_image
@@ -54,6 +59,7 @@ class InferOptions:
     checkpoint: str = ""
     images_per_step: int = 8
     max_persons: int | None = None  # with a detector: keep the N highest-scoring persons
+    overlay: bool = False  # also write OUT/NAME/overlay.png (meshes rendered over the photo)
 
 
 @dataclass
@@ -77,15 +83,16 @@ class InferSummary:
                 "exit_code": self.exit_code}
 
 
-def camera_record(est: PersonEstimate, index: int, image_path: str, engine: RegressionEngine,
+def camera_record(est: PersonEstimate, index: int, image_path: str, engine: Any,
                   mesh_frame: str, focal_source: str) -> dict[str, Any]:
-    cfg = engine.cfg
+    """The ``hmrcli.camera/1`` record of one person (see docs/schemas)."""
     w, h = est.image_wh
     if mesh_frame == "camera":
         mesh_R, mesh_t = np.eye(3), np.zeros(3)
     else:
         mesh_R, mesh_t = np.eye(3), est.cam_t
-    return {
+    desc = engine.describe()
+    rec = {
         "schema": CAMERA_SCHEMA,
         "image": {"path": image_path, "width": w, "height": h},
         "units": {"K": "pixels", "t": "metres", "boxes": "pixels"},
@@ -102,28 +109,31 @@ def camera_record(est: PersonEstimate, index: int, image_path: str, engine: Regr
             "box_xyxy": np.asarray(est.box.xyxy).tolist(),
             "score": est.box.score,
             "box_source": est.box.source,
-            "crop_box_cxcyb": est.crop_box.tolist(),
+            "crop_box_cxcyb": np.asarray(est.crop_box).tolist(),
         },
         "rois": [
-            {"box_cxcyb": est.rois[m].tolist(), "cam_local": est.cams_local[m].tolist(),
+            {"box_cxcyb": np.asarray(est.rois[m]).tolist(), "cam_local": np.asarray(est.cams_local[m]).tolist(),
              "bbox_info": np.asarray(est.bbox_info[m]).tolist()}
             for m in range(len(est.rois))
         ],
-        "roi_convention": "box (cx, cy, b): centre and size in pixels, b = crop height for "
-                          f"{cfg.aspect} crops {cfg.crop_hw[0]}x{cfg.crop_hw[1]} (HxW); cam_local (s, tx, ty) "
-                          "weak-perspective in normalised crop coordinates; t = RoI 0's camera converted "
-                          "(METHOD.md section 4)",
-        "aggregation": cfg.aggregation,
-        "regressor": {"arch": cfg.arch, "backbone": cfg.backbone, "num_rois": cfg.num_rois,
-                      "checkpoint": engine.model.config.provenance.get("source_file", "")},
+        "roi_convention": desc.get("roi_convention"),
+        "engine": engine.name,
+        "aggregation": desc.get("aggregation"),
         "body_model": {"name": engine.body.info.name, "gender": engine.body.info.gender,
                        "betas_applied": est.betas_applied,
-                       "betas_space": cfg.body_model},
+                       "betas_space": engine.betas_space},
         "hmrcli": __version__,
     }
+    for key in ("regressor", "fit", "refine"):
+        if key in desc:
+            rec[key] = desc[key]
+    details = {k: v for k, v in est.extra.items() if k != "engine"}
+    if details:
+        rec["estimate"] = details
+    return rec
 
 
-def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, engine: RegressionEngine,
+def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, engine: Any,
                   opts: InferOptions) -> list[str]:
     stem = f"person_{k:02d}"
     files = []
@@ -138,7 +148,7 @@ def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, 
     atomic_write_bytes(dirpath / f"{stem}.params.npz", npz_bytes(
         global_orient=aa[0], body_pose=aa[1:].reshape(-1), betas=est.betas, transl=est.cam_t,
         rotmats=est.rotmats, cam_local=est.cams_local, K=est.K,
-        body_model=np.array(engine.body.info.name), betas_space=np.array(engine.cfg.body_model),
+        body_model=np.array(engine.body.info.name), betas_space=np.array(engine.betas_space),
         betas_applied=np.array(est.betas_applied),
     ))
     files.append(f"{stem}.params.npz")
@@ -147,6 +157,24 @@ def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, 
                       json.dumps(camera_record(est, k, str(src.path), engine, opts.mesh_frame, focal_source), indent=1))
     files.append(f"{stem}.camera.json")
     return files
+
+
+def _write_overlay(dirpath: Path, image: np.ndarray, ests: list[PersonEstimate], faces: np.ndarray) -> str:
+    """OUT/NAME/overlay.png: every person's mesh rendered over the image (camera frame)."""
+    import cv2
+
+    from hmrcli.render import render_overlay
+
+    if ests:
+        meshes = [(e.vertices_model + e.cam_t, faces) for e in ests]
+        rgb = render_overlay(image, meshes, ests[0].K)
+    else:
+        rgb = image
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError("PNG encoding of the overlay failed")
+    atomic_write_bytes(dirpath / "overlay.png", buf.tobytes())
+    return "overlay.png"
 
 
 def _append_error(out: Path, rec: dict[str, str]) -> None:
@@ -185,7 +213,7 @@ def _legacy_items(sources: list[ImageSource], boxes: dict[str, list[dict[str, An
 
 def run_inference(
     sources: list[ImageSource],
-    engine: RegressionEngine,
+    engine: Any,
     opts: InferOptions,
     boxes: dict[str, list[dict[str, Any]]] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
@@ -208,35 +236,45 @@ def run_inference(
         if progress:
             progress({"event": "error", **rec})
 
-    pending: list[tuple[ImageSource, dict[str, np.ndarray], list[PersonBox]]] = []
+    pending: list[tuple[ImageSource, dict[str, Any], list[PersonBox], np.ndarray | None]] = []
 
     def flush() -> None:
         if not pending:
             return
         try:
-            results = engine.run([(p, persons) for _, p, persons in pending])
-        except Exception as e:  # network failure: fail these images, keep going
-            for src, _, _ in pending:
-                fail(src, "regress", f"{type(e).__name__}: {e}")
+            results = engine.run([(p, persons) for _, p, persons, _ in pending])
+        except Exception as e:  # network / fit failure: fail these images, keep going
+            for src, _, _, _ in pending:
+                fail(src, engine.name, f"{type(e).__name__}: {e}")
             pending.clear()
             return
-        for (src, _, _), ests in zip(pending, results):
+        for (src, prep, _, image), ests in zip(pending, results):
             d = out / src.name
+            problems = [why for why in prep.get("problems", []) if why]
+            for why in problems:
+                _append_error(out, {"file": str(src.path), "stage": "landmarks", "message": why})
+                if progress:
+                    progress({"event": "warning", "file": str(src.path), "stage": "landmarks", "message": why})
             try:
                 files = []
-                for k, est in enumerate(ests):
+                kept = [(k, est) for k, est in enumerate(ests) if est is not None]
+                for k, est in kept:
                     files += _write_person(d, k, est, src, engine, opts)
+                if opts.overlay and image is not None:
+                    files.append(_write_overlay(d, image, [est for _, est in kept], engine.body.faces))
                 atomic_write_text(d / "result.json", json.dumps({
-                    "schema": RESULT_SCHEMA, "image": str(src.path), "persons": len(ests), "files": files,
-                    "checkpoint": opts.checkpoint, "mesh_frame": opts.mesh_frame, "hmrcli": __version__,
+                    "schema": RESULT_SCHEMA, "image": str(src.path), "persons": len(kept),
+                    "person_indices": [k for k, _ in kept], "problems": problems, "files": files,
+                    "engine": engine.name, "checkpoint": opts.checkpoint, "mesh_frame": opts.mesh_frame,
+                    "hmrcli": __version__,
                 }, indent=1))
-            except OSError as e:
-                fail(src, "write", str(e))
+            except Exception as e:
+                fail(src, "write", f"{type(e).__name__}: {e}")
                 continue
             summ.done += 1
-            summ.persons += len(ests)
+            summ.persons += len(kept)
             if progress:
-                progress({"event": "done", "file": str(src.path), "persons": len(ests), "out": str(d)})
+                progress({"event": "done", "file": str(src.path), "persons": len(kept), "out": str(d)})
         pending.clear()
 
     todo = []
@@ -264,7 +302,7 @@ def run_inference(
         except Exception as e:
             fail(src, "crop", f"{type(e).__name__}: {e}")
             continue
-        pending.append((src, prepared, persons))
+        pending.append((src, prepared, persons, item.image if opts.overlay else None))
         if len(pending) >= opts.images_per_step or sum(len(p[2]) for p in pending) >= engine.batch_size:
             flush()
     flush()

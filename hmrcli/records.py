@@ -1,20 +1,72 @@
-"""Records passed between stages as JSON lines, with versioned schemas.
+"""Records passed between stages as JSON lines, with versioned schemas -- the one place
+they are listed (``docs/records.md`` has the same table with examples).
 
-``hmrcli.detections/1`` (one line per image, written by ``hmrcli detect``)::
+Every record is a JSON object with ``"schema": "hmrcli.<name>/<version>"``. A version grows
+only for incompatible changes; new optional fields can appear within a version, so readers
+must ignore fields they do not know. Units: pixels for image coordinates (x right, y down,
+pixel centres at integer coordinates: OpenCV), metres for 3D, radians for angles, seconds
+for times.
 
-    {"schema": "hmrcli.detections/1", "path": "photos/a.jpg", "width": 640, "height": 480,
-     "detector": "mmdet",
+==========================  ================================  =====================================================
+schema                      written by / one per              fields (units)
+==========================  ================================  =====================================================
+``hmrcli.detections/1``     ``hmrcli detect`` (stdout or      ``path`` (image as given; a video frame is
+                            ``--out``), one line per image    ``<video>#frame=<k>``), ``name`` (output name),
+                                                              ``width``, ``height`` (px, after EXIF orientation),
+                                                              ``detector``, ``persons`` [{``box_xyxy`` (px),
+                                                              ``score`` ([0, 1] or null), ``class``,
+                                                              ``detector``}] by decreasing score; video frames
+                                                              add ``video`` (file) and ``frame`` (index from 0)
+``hmrcli.crops/1``          ``hmrcli crop``: OUT/NAME/        ``image`` {``path``, ``name``, ``width``,
+                            person_KK.crops.json, per person  ``height``}, ``person`` {``index``, ``box_xyxy``,
+                                                              ``score``, ...}, ``crop`` {``aspect``, ``height``,
+                                                              ``width`` (px), ``box_rescale``, ``num_rois``},
+                                                              ``focal_px``, ``focal_source``, ``crop_box_cxcyb``
+                                                              (px), ``rois`` [{``index``, ``file``,
+                                                              ``box_cxcyb`` (px), ``affine`` (2x3, image -> crop
+                                                              px), ``bbox_info``}], ``convention``, ``hmrcli``
+``hmrcli.crop-event/1``     ``hmrcli crop --json`` stdout,    ``event`` "done", ``file`` (= path), ``name``,
+                            one line per image done           ``width``, ``height`` (px), ``persons`` (count),
+                                                              ``boxes`` [persons as in detections, plus
+                                                              ``crops_json`` file name], ``out`` (folder)
+``hmrcli.camera/1``         ``hmrcli infer``: OUT/NAME/       ``image`` {``path``, ``width``, ``height``}, ``K``
+                            person_KK.camera.json             (px), ``R``, ``t`` (m), ``focal_px``, ``mesh``
+                                                              {``frame``, ``R``, ``t``}, ``person`` {``index``,
+                                                              ``box_xyxy``, ``score``, ``box_source``,
+                                                              ``crop_box_cxcyb``}, ``rois``, ``regressor``,
+                                                              ``body_model``, ``hmrcli``
+``hmrcli.result/1``         ``hmrcli infer``: OUT/NAME/       ``image`` (path), ``persons`` (count), ``files``,
+                            result.json (written last)        ``checkpoint``, ``mesh_frame``, ``hmrcli``
+``hmrcli.person/1``         ``hmrcli export``: NAME/          the camera record's fields plus ``params``
+                            person_KK.json                    (axis-angle rad, betas, ``transl`` m), ``joints``
+                                                              (m and px), ``units``, ``source``
+``hmrcli.error/1``          OUT/errors.jsonl (infer, crop,    ``file``, ``stage`` ("read", "detect", "boxes",
+                            export) and ``--json`` error      "crop", "regress", "write", "export"), ``message``
+                            events, one per failed input      (names the file); ``event`` "error" on stdout
+``hmrcli.summary/1``        every batch command, last         ``command``, ``images``, ``done``, ``skipped``,
+                            ``--json`` line                   ``failed``, ``persons``, ``seconds``, ``exit_code``
+``hmrcli.doctor/1``         ``hmrcli doctor --json``          versions, devices, optional parts, models
+==========================  ================================  =====================================================
+
+Readers of inputs (``-`` / a ``.jsonl`` given as input, :func:`parse_input_text`) accept
+``hmrcli.detections/*``, ``hmrcli.crop-event/*`` and ``hmrcli.crops/*`` lines (and one COCO
+annotations JSON); summary lines and error events are skipped. Each image's record carries
+its path and its person boxes, which then stand in for a detector.
+
+``hmrcli.detections/1`` in full (one line per image)::
+
+    {"schema": "hmrcli.detections/1", "path": "photos/a.jpg", "name": "a.jpg", "width": 640,
+     "height": 480, "detector": "mmdet",
      "persons": [{"box_xyxy": [x1, y1, x2, y2], "score": 0.98, "class": "person",
                   "detector": "mmdet:rtmdet"}]}
 
 Fields: ``path`` the image as given to the command (relative paths are relative to the
-working directory of the command that wrote it); ``width``/``height`` the decoded image size
-in pixels (after EXIF orientation); ``persons`` sorted by decreasing score, each with its box
-in full-image pixels (x right, y down, pixel centres at integer coordinates: OpenCV
-convention), ``score`` in [0, 1] or null (backend without scores, or boxes given by hand),
-``class`` and the ``detector`` that produced it. ``detector`` at the top level (optional:
-older files lack it) names the backend that ran, also when it found nobody. Readers must
-ignore fields they do not know.
+working directory of the command that wrote it); ``name`` (optional) the name its outputs are
+filed under, so that a later stage files them alike; ``width``/``height`` the decoded image
+size in pixels (after EXIF orientation); ``persons`` sorted by decreasing score, each with its
+box in full-image pixels, ``score`` in [0, 1] or null (backend without scores, or boxes given
+by hand), ``class`` and the ``detector`` that produced it. ``detector`` at the top level
+(optional: older files lack it) names the backend that ran, also when it found nobody.
 """
 
 from __future__ import annotations
@@ -28,20 +80,48 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["batch_exit_code", "DETECTIONS_SCHEMA", "read_detections", "read_detection_records", "parse_detection_records",
-           "detection_record", "validate_person"]
+__all__ = ["batch_exit_code", "DETECTIONS_SCHEMA", "CROPS_SCHEMA", "CROP_EVENT_SCHEMA", "ERROR_SCHEMA",
+           "SUMMARY_SCHEMA", "read_detections", "read_detection_records", "parse_detection_records",
+           "parse_input_text", "detection_record", "error_record", "source_fields", "validate_person"]
 
 DETECTIONS_SCHEMA = "hmrcli.detections/1"
+CROPS_SCHEMA = "hmrcli.crops/1"
+CROP_EVENT_SCHEMA = "hmrcli.crop-event/1"
+ERROR_SCHEMA = "hmrcli.error/1"
+SUMMARY_SCHEMA = "hmrcli.summary/1"
+
+
+def source_fields(source: Any) -> dict[str, Any]:
+    """The optional fields that identify an input in a record: ``name`` (output name) and,
+    for a video frame, ``video`` and ``frame`` (``source``: an ``hmrcli.sources.ImageSource``)."""
+    out: dict[str, Any] = {}
+    name = getattr(source, "name", None)
+    if name:
+        out["name"] = str(name)
+    if getattr(source, "video", None) is not None and getattr(source, "frame", None) is not None:
+        out["video"] = str(source.video)
+        out["frame"] = int(source.frame)
+    return out
 
 
 def detection_record(path: str, width: int, height: int, boxes: Iterable[dict[str, Any]],
-                     detector: str | None = None) -> dict[str, Any]:
-    """One ``hmrcli.detections/1`` line. ``boxes``: person dicts (``Detection.to_json()``)."""
-    rec: dict[str, Any] = {"schema": DETECTIONS_SCHEMA, "path": path, "width": int(width), "height": int(height)}
+                     detector: str | None = None, source: Any = None) -> dict[str, Any]:
+    """One ``hmrcli.detections/1`` line. ``boxes``: person dicts (``Detection.to_json()``);
+    ``source``: the ``ImageSource`` (adds ``name``, and ``video``/``frame`` for a frame)."""
+    rec: dict[str, Any] = {"schema": DETECTIONS_SCHEMA, "path": path}
+    if source is not None:
+        rec.update(source_fields(source))
+    rec.update({"width": int(width), "height": int(height)})
     if detector is not None:
         rec["detector"] = detector
     rec["persons"] = list(boxes)
     return rec
+
+
+def error_record(file: str, stage: str, message: str) -> dict[str, Any]:
+    """One ``hmrcli.error/1`` line (``errors.jsonl``): the input, the stage that failed
+    ("read", "detect", "boxes", "crop", "regress", "write", ...) and a message naming the file."""
+    return {"schema": ERROR_SCHEMA, "file": str(file), "stage": str(stage), "message": str(message)}
 
 
 def validate_person(p: Any, where: str) -> dict[str, Any]:
@@ -84,6 +164,96 @@ def parse_detection_records(lines: Iterable[str], name: str = "<detections>") ->
         rec["path"] = str(rec["path"])
         out.append(rec)
     return out
+
+
+def _record_from_line(rec: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """A JSON-lines record of any stage -> an ``hmrcli.detections/1``-style record (path,
+    size, persons, and name/video/frame when known), or None for lines that carry no input
+    (summaries, error events). Raises ValueError starting with ``where``."""
+    schema = str(rec.get("schema", DETECTIONS_SCHEMA if "persons" in rec and "path" in rec else ""))
+    keep = {k: rec[k] for k in ("name", "video", "frame") if rec.get(k) is not None}
+    if schema.startswith("hmrcli.detections/"):
+        if "path" not in rec or not isinstance(rec.get("persons"), list):
+            raise ValueError(f"{where}: a {DETECTIONS_SCHEMA} record needs 'path' and a 'persons' list")
+        out = {**rec, "schema": DETECTIONS_SCHEMA, "path": str(rec["path"])}
+        out["persons"] = [validate_person(p, where) for p in rec["persons"]]
+        return out
+    if schema.startswith("hmrcli.crop-event/"):
+        if rec.get("event") != "done":
+            return None
+        if "file" not in rec or not isinstance(rec.get("boxes"), list):
+            raise ValueError(f"{where}: a {CROP_EVENT_SCHEMA} line needs 'file' and a 'boxes' list")
+        persons = [validate_person({k: v for k, v in p.items() if k != "crops_json"}, where) for p in rec["boxes"]]
+        return {"schema": DETECTIONS_SCHEMA, "path": str(rec["file"]), **keep, "width": int(rec.get("width") or 0),
+                "height": int(rec.get("height") or 0), "persons": persons}
+    if schema.startswith("hmrcli.crops/"):
+        img, person = rec.get("image"), rec.get("person")
+        if not isinstance(img, dict) or "path" not in img or not isinstance(person, dict):
+            raise ValueError(f"{where}: a {CROPS_SCHEMA} record needs 'image' with 'path' and 'person'")
+        keep = {k: img[k] for k in ("name", "video", "frame") if img.get(k) is not None}
+        p = validate_person({k: v for k, v in person.items()}, where)
+        return {"schema": DETECTIONS_SCHEMA, "path": str(img["path"]), **keep, "width": int(img.get("width") or 0),
+                "height": int(img.get("height") or 0), "persons": [p]}
+    if schema.startswith(SUMMARY_SCHEMA.split("/")[0] + "/") or schema.startswith(ERROR_SCHEMA.split("/")[0] + "/") \
+            or rec.get("event") in ("error", "skipped"):
+        return None
+    raise ValueError(f"{where}: unsupported record schema {schema or None!r} (expected hmrcli.detections, "
+                     "hmrcli.crop-event or hmrcli.crops records)")
+
+
+def parse_input_text(text: str, name: str = "<stdin>") -> tuple[str, list[Any]]:
+    """What an input list (stdin, a ``.jsonl`` given as input) holds:
+
+    * ``("records", [record, ...])`` -- JSON lines of ``hmrcli.detections/*``,
+      ``hmrcli.crop-event/*`` or ``hmrcli.crops/*`` (the latter grouped per image, persons in
+      ``person.index`` order), normalised to ``hmrcli.detections/1`` records;
+    * ``("coco", dict)`` -- one COCO annotations JSON (``images`` and ``annotations``);
+    * ``("paths", [str, ...])`` -- one path per line (line ends stripped, blank lines
+      skipped), or NUL-separated paths.
+
+    Raises ValueError naming ``name`` and the line for bad JSON lines."""
+    if "\x00" in text:
+        return "paths", [p for p in text.split("\x00") if p.strip("\r\n")]
+    stripped = text.lstrip()
+    if not stripped.startswith(("{", "[")):
+        return "paths", [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+    if stripped.startswith("["):
+        raise ValueError(f"{name}: a JSON list is not an input list; give JSON lines (one record per line)")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict) and "annotations" in whole and "images" in whole:
+        return "coco", whole
+    out: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        where = f"{name}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        is_crops = str(rec.get("schema", "")).startswith("hmrcli.crops/")
+        r = _record_from_line(rec, where)
+        if r is None:
+            continue
+        if is_crops:  # one line per person: gather the image's persons
+            r["persons"][0] = {**r["persons"][0], "_index": (rec.get("person") or {}).get("index", 0)}
+            if r["path"] in index:
+                out[index[r["path"]]]["persons"].extend(r["persons"])
+                continue
+        index[r["path"]] = len(out)
+        out.append(r)
+    for r in out:
+        if any("_index" in p for p in r["persons"]):
+            r["persons"].sort(key=lambda p: p.get("_index", 0))
+            r["persons"] = [{k: v for k, v in p.items() if k not in ("_index", "index")} for p in r["persons"]]
+    return "records", out
 
 
 def _open_text(source: str | os.PathLike | io.TextIOBase):

@@ -9,17 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from hmrcli.cli._output import print_json, want_json
-from hmrcli.cli.detect import (BoxesOpt, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt, MaxPersonsOpt,
-                               make_detector, note)
-
-_RECORD_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+from hmrcli.cli.detect import (BoxesOpt, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt, FrameStrideOpt,
+                               INPUTS_HELP, MaxPersonsOpt, ShardOpt, detector_and_sources, note)
 
 
 def crop(
-    inputs: Annotated[list[str], typer.Argument(
-        help="Detections: '-' (stdin) or a .jsonl/.json file (hmrcli detect output, or COCO annotations); "
-        "or images, folders, globs (then detection runs first, see the detection options).",
-        show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help=INPUTS_HELP + " A .json COCO annotations file (or one on stdin) gives boxes too.",
+        show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("crops"),
     num_rois: Annotated[int, typer.Option("--num-rois", "-m", min=1, max=5, help="RoIs per person (the first M "
                         "of the fixed Multi-RoI layout).")] = 5,
@@ -37,7 +34,10 @@ def crop(
     device: Annotated[str, typer.Option(help="mmdet: cpu, cuda, cuda:N or auto.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON lines on stdout "
-                        "(default when not a terminal).")] = None,
+                        "(default when not a terminal): one hmrcli.crop-event/1 line per image (with its boxes, "
+                        "so `hmrcli crop ... | hmrcli infer -` works), errors, a summary.")] = None,
+    shard: ShardOpt = None,
+    frame_stride: FrameStrideOpt = 1,
 ) -> None:
     """Write, per person, the M RoI crops (OUT/<image>/person_00.roi0.png ...) and their
     geometry (person_00.crops.json, schema hmrcli.crops/1: crop box, RoI boxes, image->crop
@@ -45,8 +45,6 @@ def crop(
     works. Exit status: 0 all images done, 1 some failed (OUT/errors.jsonl), 2 none or bad usage."""
     from hmrcli.crop_export import CropOptions, run_crops
     from hmrcli.detect import detect_sources
-    from hmrcli.detect.boxes_backend import sources_from_records
-    from hmrcli.sources import expand_inputs
 
     kind = crop_kind.strip().lower()
     if kind not in ("rect", "square"):
@@ -57,23 +55,8 @@ def crop(
         raise typer.BadParameter("must be positive", param_hint="--rescale")
     as_json = want_json(json_out)
 
-    records_input = None
-    if inputs == ["-"]:
-        records_input = "-"
-    elif len(inputs) == 1 and Path(inputs[0]).suffix.lower() in _RECORD_SUFFIXES and Path(inputs[0]).is_file():
-        records_input = inputs[0]
-    if records_input is not None:
-        if boxes is not None:
-            raise typer.BadParameter("give the detections either as INPUTS or with --boxes, not both",
-                                     param_hint="--boxes")
-        det = make_detector("boxes", records_input, det_score, None, None, quiet=quiet)
-        sources = sources_from_records(det.records)
-    else:
-        det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, quiet=quiet)
-        sources = expand_inputs(inputs)
-    if not sources:
-        note("error: no input images found")
-        raise typer.Exit(2)
+    det, sources = detector_and_sources(inputs, detector, boxes, det_score, det_config, det_checkpoint, device,
+                                        quiet=quiet, shard=shard, frame_stride=frame_stride)
 
     opts = CropOptions(out=out, num_rois=num_rois, aspect=kind, rescale=rescale, focal=focal)
 

@@ -34,6 +34,20 @@ DetCheckpointOpt = Annotated[Optional[str], typer.Option(
 MaxPersonsOpt = Annotated[Optional[int], typer.Option(
     "--max-persons", min=1, help="Keep at most N persons per image (highest scores).", rich_help_panel="Detection")]
 
+INPUTS_HELP = (
+    "Image files, folders (recursive; images recognised by content), globs, videos (one input per kept frame, "
+    "see --frame-stride), record files (.jsonl: hmrcli detect / crop output) or '-': stdin, one path per line "
+    "or JSON lines from an earlier stage (hmrcli detect | ..., hmrcli crop --json | ...), whose boxes are then "
+    "used instead of a detector. With --boxes and no inputs: the images the boxes name."
+)
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="I/N", help="Process only shard I of N (0 <= I < N), for job arrays: the expanded, sorted "
+    "input list is cut into N contiguous blocks of nearly equal size (e.g. --shard $SLURM_ARRAY_TASK_ID/8 with "
+    "--array=0-7). Deterministic: the same inputs give the same split.", rich_help_panel="Inputs")]
+FrameStrideOpt = Annotated[int, typer.Option(
+    "--frame-stride", min=1, help="Videos: keep frames 0, N, 2N, ...; each kept frame is one input named "
+    "<video name>/frame_000123.png (frame index).", rich_help_panel="Inputs")]
+
 
 def note(msg: str) -> None:
     """One plain line on stderr (no wrapping, no markup)."""
@@ -56,21 +70,30 @@ def _device(name: str) -> str:
 
 def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float], det_config: Optional[str],
                   det_checkpoint: Optional[str], device: str = "auto", batch_size: Optional[int] = None,
-                  quiet: bool = False) -> Any:
+                  quiet: bool = False, records: Optional[list] = None, records_name: str = "<records>") -> Any:
     """Build the detector the options ask for, print which one runs on stderr; usage
-    problems and unavailable backends exit with status 2 and a message saying how to fix it."""
+    problems and unavailable backends exit with status 2 and a message saying how to fix it.
+    ``records`` (``hmrcli.detections/1`` records read with the inputs) make it the boxes
+    detector over those records, unless another detector is named explicitly."""
     from hmrcli.detect import DETECTORS, DetectorUnavailable, create_detector, detection_summary
 
     name = detector.strip().lower()
     if name not in ("auto", *DETECTORS):
         raise typer.BadParameter(f"unknown detector {detector!r}: use auto, {', '.join(DETECTORS)}",
                                  param_hint="--detector")
+    if records is not None:
+        if boxes is not None:
+            raise typer.BadParameter("the inputs already carry boxes (records); drop --boxes", param_hint="--boxes")
+        if name in ("auto", "boxes"):
+            name = "boxes"
+        else:
+            records = None  # an explicit detector re-detects the images the records name
     if boxes is not None:
         if name not in ("auto", "boxes"):
             raise typer.BadParameter(f"--boxes reads boxes instead of running a detector; drop --detector {name}",
                                      param_hint="--boxes")
         name = "boxes"
-    elif name == "boxes":
+    elif name == "boxes" and records is None:
         raise typer.BadParameter("--detector boxes needs --boxes FILE ('-' for stdin)", param_hint="--boxes")
     elif name == "auto" and (det_config or det_checkpoint):
         name = "mmdet"  # asked for an mmdet model: no silent fallback to another detector
@@ -81,7 +104,10 @@ def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float
     if name in ("auto", "mmdet"):
         opts["device"] = _device(device)
     if name == "boxes":
-        opts["source"] = boxes
+        if records is not None:
+            opts["records"] = records
+        else:
+            opts["source"] = boxes
     try:
         det = create_detector(name, **opts)
     except DetectorUnavailable as e:
@@ -90,35 +116,120 @@ def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float
     except (FileNotFoundError, ValueError) as e:
         note(f"error: {e}")
         raise typer.Exit(2) from None
+    if records is not None:
+        try:
+            det.source = records_name
+        except AttributeError:
+            pass
+    try:
+        det.hmrcli_requested = name if detector.strip().lower() != "auto" else "auto"
+    except AttributeError:
+        pass
     if not quiet:
         note(detection_summary(det))
     return det
 
 
 
-def input_sources(images: Optional[list[str]], det) -> list:
-    """The images to process: those given, or (with the boxes detector and no images) the
-    images its records name. Exits with status 2 when there are none."""
+def _expand(images: Optional[list[str]], frame_stride: int) -> list:
+    """expand_inputs with usage errors (bad record lines on stdin, ...) as exit status 2."""
     from hmrcli.sources import expand_inputs
 
-    if images:
-        sources = expand_inputs(images)
-    elif det.name == "boxes":
-        from hmrcli.detect.boxes_backend import sources_from_records
+    try:
+        return expand_inputs(images or [], frame_stride=frame_stride)
+    except (ValueError, OSError) as e:
+        note(f"error: {e}")
+        raise typer.Exit(2) from None
 
-        sources = sources_from_records(det.records)
-    else:
-        raise typer.BadParameter("give images (files, folders or globs)", param_hint="IMAGES")
+
+def _finish(sources: list, shard: Optional[str]) -> list:
+    from hmrcli.sources import parse_shard, shard_sources
+
     if not sources:
         note("error: no input images found")
         raise typer.Exit(2)
+    if shard is not None:
+        try:
+            i, n = parse_shard(shard)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--shard") from None
+        total = len(sources)
+        sources = shard_sources(sources, i, n)
+        if not sources:  # more shards than inputs: nothing to do here, which is no failure
+            note(f"note: shard {i}/{n} of {total} inputs is empty")
     return sources
 
 
+def _records_of(sources: list) -> Optional[list]:
+    """The records the sources came with (all of them, or None when none has one)."""
+    with_rec = [s for s in sources if s.record is not None]
+    if not with_rec:
+        return None
+    if len(with_rec) != len(sources):
+        note("error: inputs mix records (with boxes) and plain images; give them in separate runs")
+        raise typer.Exit(2)
+    return [s.record for s in sources]
+
+
+def resolve_inputs(images: Optional[list[str]], det, shard: Optional[str] = None, frame_stride: int = 1,
+                   quiet: bool = False) -> tuple[list, Any]:
+    """The sources to process and the detector to use, for a command that has already built
+    its detector ``det`` with :func:`make_detector`: inputs that carry records (stdin JSON
+    lines, a .jsonl) replace an ``auto`` detector with the boxes detector over those records.
+    Prefer :func:`detector_and_sources`, which reads the inputs BEFORE building a detector."""
+    if not images:
+        return _finish(_sources_from_det(det), shard), det
+    sources = _expand(images, frame_stride)
+    records = _records_of(sources)
+    if records is not None:
+        requested = getattr(det, "hmrcli_requested", "auto")
+        if det.name == "boxes" and getattr(det, "source", None) not in ("<records>", "<stdin>"):
+            raise typer.BadParameter("the inputs already carry boxes (records); drop --boxes", param_hint="--boxes")
+        if requested == "auto":
+            if hasattr(det, "close"):
+                det.close()
+            det = make_detector("boxes", None, None, None, None, quiet=quiet, records=records,
+                                records_name="<stdin>" if "-" in images else "the input records")
+    return _finish(sources, shard), det
+
+
+def _sources_from_det(det) -> list:
+    if det.name == "boxes":
+        from hmrcli.sources import sources_from_records
+
+        return sources_from_records(det.records)
+    raise typer.BadParameter("give images (files, folders, globs, videos or '-' for stdin)", param_hint="IMAGES")
+
+
+def detector_and_sources(images: Optional[list[str]], detector: str, boxes: Optional[str], det_score: Optional[float],
+                         det_config: Optional[str], det_checkpoint: Optional[str], device: str = "auto",
+                         batch_size: Optional[int] = None, quiet: bool = False, shard: Optional[str] = None,
+                         frame_stride: int = 1) -> tuple[Any, list]:
+    """Read the inputs, then build the detector: (detector, sources). Inputs that carry
+    records (``hmrcli detect ... | hmrcli infer -``) use their boxes unless a detector is
+    named explicitly; usage errors exit with status 2."""
+    if images:
+        if boxes == "-" and "-" in images:
+            raise typer.BadParameter("stdin cannot hold both the inputs and the boxes", param_hint="--boxes")
+        sources = _expand(images, frame_stride)
+        records = _records_of(sources)
+        det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, quiet,
+                            records=records,
+                            records_name="<stdin>" if "-" in images else "the input records")
+        return det, _finish(sources, shard)
+    det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, quiet)
+    return det, _finish(_sources_from_det(det), shard)
+
+
+def input_sources(images: Optional[list[str]], det, shard: Optional[str] = None, frame_stride: int = 1) -> list:
+    """The images to process: those given, or (with the boxes detector and no images) the
+    images its records name. Exits with status 2 when there are none. (Kept for callers
+    that only need the sources; see :func:`resolve_inputs`.)"""
+    return resolve_inputs(images, det, shard=shard, frame_stride=frame_stride)[0]
+
+
 def detect(
-    images: Annotated[Optional[list[str]], typer.Argument(
-        help="Image files, folders (recursive) or globs. With --boxes and no images: the images the boxes name.",
-        show_default=False)] = None,
+    images: Annotated[Optional[list[str]], typer.Argument(help=INPUTS_HELP, show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the JSON lines to this file "
                    "(atomically, when done) instead of stdout.")] = None,
     detector: DetectorOpt = "auto",
@@ -130,10 +241,12 @@ def detect(
     device: Annotated[str, typer.Option(help="mmdet: cpu, cuda, cuda:N or auto.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per detector call.")] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+    shard: ShardOpt = None,
+    frame_stride: FrameStrideOpt = 1,
 ) -> None:
     """Find the people in images: one JSON line per image on stdout or --out (schema
-    hmrcli.detections/1: path, width, height, and per person box_xyxy in pixels, score, class,
-    detector). The detector that runs is named on stderr.
+    hmrcli.detections/1: path, name, width, height, and per person box_xyxy in pixels, score,
+    class, detector; docs/records.md). The detector that runs is named on stderr.
 
     Note: mediapipe, the offline default when no MMDetection checkpoint is installed, finds
     only ONE person per image.
@@ -143,8 +256,8 @@ def detect(
     from hmrcli.export.writers import atomic_write_text
     from hmrcli.records import detection_record
 
-    det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, quiet)
-    sources = input_sources(images, det)
+    det, sources = detector_and_sources(images, detector, boxes, det_score, det_config, det_checkpoint, device,
+                                        batch_size, quiet, shard=shard, frame_stride=frame_stride)
 
     t0 = time.perf_counter()
     lines: list[str] = []
@@ -157,7 +270,7 @@ def detect(
         n_ok += 1
         n_persons += len(r.detections)
         line = json.dumps(detection_record(str(r.source.path), r.width, r.height,
-                                           [d.to_json() for d in r.detections], detector=det.name),
+                                           [d.to_json() for d in r.detections], detector=det.name, source=r.source),
                           ensure_ascii=False)
         if out is None:
             sys.stdout.write(line + "\n")

@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 
 from hmrcli.cli._output import print_json, stderr, want_json
-from hmrcli.cli.detect import (BoxesOpt, input_sources, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt, MaxPersonsOpt,
-                               make_detector)
+from hmrcli.cli.detect import (INPUTS_HELP, BoxesOpt, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt,
+                               FrameStrideOpt, MaxPersonsOpt, ShardOpt, detector_and_sources)
 
 
 def _device(name: str) -> str:
@@ -25,12 +25,19 @@ def _device(name: str) -> str:
 
 
 def infer(
-    images: Annotated[Optional[list[str]], typer.Argument(
-        help="Image files, folders (recursive) or globs. With --boxes and no images: the images the boxes name.",
-        show_default=False)] = None,
+    images: Annotated[Optional[list[str]], typer.Argument(help=INPUTS_HELP, show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("meshes"),
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", envvar="HMRCLI_CHECKPOINT",
                           help="Regressor checkpoint: a file (native, Multi-RoI or CLIFF) or a name from `hmrcli weights list`.")] = None,
+    engine: Annotated[str, typer.Option("--engine", "-e", help="regress (the Multi-RoI network; needs --checkpoint), "
+                      "fit (fit the body model to BlazePose landmarks; offline, no weights) or auto (regress when a "
+                      "checkpoint is given, else fit; announced on stderr).")] = "auto",
+    refine: Annotated[str, typer.Option("--refine", help="none, fit (re-fit starting from the estimate) or pc-hmr "
+                      "(calibrate the mesh with BlazePose's 3D landmarks, PC-HMR).")] = "none",
+    rois: Annotated[int, typer.Option("--rois", min=1, max=5, help="Fitting/refinement: BlazePose runs on this many "
+                    "RoIs of each person and the landmark sets are fused (1 = a single crop).")] = 5,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write OUT/<image>/overlay.png: the "
+                       "meshes rendered over the photo.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = "fp32",
@@ -51,9 +58,12 @@ def infer(
     det_config: DetConfigOpt = None,
     det_checkpoint: DetCheckpointOpt = None,
     max_persons: MaxPersonsOpt = None,
+    shard: ShardOpt = None,
+    frame_stride: FrameStrideOpt = 1,
 ) -> None:
     """Reconstruct every person: mesh (.obj/.ply), camera JSON (hmrcli.camera/1) and
-    parameters (.npz) per person under OUT/<image name>/. Persons come from a detector
+    parameters (.npz) per person under OUT/<image name>/ (+ overlay.png with --overlay).
+    Without a regressor checkpoint the fitting engine runs (offline). Persons come from a detector
     (--detector, named on stderr; mediapipe finds only ONE person per image) or from
     --boxes FILE ('-' = stdin, e.g. `hmrcli detect IMAGES | hmrcli infer --boxes - ...`).
 
@@ -62,6 +72,7 @@ def infer(
     from hmrcli.api import load_regressor
     from hmrcli.body import load_body_model
     from hmrcli.engine.regress import RegressionEngine
+    from hmrcli.detect import DetectorUnavailable
     from hmrcli.nn.checkpoints import CheckpointError
     from hmrcli.pipeline import InferOptions, run_inference
 
@@ -72,32 +83,59 @@ def infer(
         raise typer.BadParameter(f"unknown mesh format(s) {bad or mesh_format!r}: use obj and/or ply", param_hint="--mesh-format")
     if mesh_frame not in ("camera", "model"):
         raise typer.BadParameter("use camera or model", param_hint="--mesh-frame")
-    if checkpoint is None:
-        stderr.print("error: no regressor checkpoint. Pass --checkpoint FILE or a name from `hmrcli weights list` "
-                     "(hmrcli doctor shows which are found). The offline fitting engine is not built yet.",
+    if engine not in ("auto", "regress", "fit"):
+        raise typer.BadParameter("use auto, regress or fit", param_hint="--engine")
+    if refine not in ("none", "fit", "pc-hmr"):
+        raise typer.BadParameter("use none, fit or pc-hmr", param_hint="--refine")
+    if engine == "auto":
+        engine = "regress" if checkpoint else "fit"
+        if not quiet:
+            why = (f"regressor checkpoint {checkpoint}" if checkpoint else
+                   "no regressor checkpoint configured (--checkpoint / HMRCLI_CHECKPOINT): fitting the body model "
+                   "to BlazePose landmarks, offline")
+            stderr.print(f"engine: {engine} ({why})", markup=False, highlight=False)
+    if engine == "regress" and checkpoint is None:
+        stderr.print("error: --engine regress needs a regressor checkpoint. Pass --checkpoint FILE or a name from "
+                     "`hmrcli weights list` (hmrcli doctor shows which are found), or use --engine fit.",
                      markup=False, highlight=False)
         raise typer.Exit(2)
+    if engine == "fit" and refine == "fit":
+        refine = "none"  # the fit engine already fits
     try:
-        net = load_regressor(checkpoint, device=_device(device), aggregation=aggregation)
+        dev = _device(device)
         body = load_body_model(body_model, gender=gender, smpl_dir=smpl_dir)
-        engine = RegressionEngine(net, body, device=_device(device), precision=precision, batch_size=batch_size)
+        if engine == "regress":
+            net = load_regressor(checkpoint, device=dev, aggregation=aggregation)
+            eng = RegressionEngine(net, body, device=dev, precision=precision, batch_size=batch_size)
+        else:
+            from hmrcli.fit.engine import FitEngine
+
+            eng = FitEngine(body, device=dev, num_rois=rois, batch_size=batch_size)
+        if refine != "none":
+            from hmrcli.fit.engine import RefinedEngine
+
+            eng = RefinedEngine(eng, refine, num_rois=rois)
+    except DetectorUnavailable as e:
+        stderr.print(f"error: the fitting engine needs MediaPipe's BlazePose (the [fit] extra; `make install-fit`): {e}",
+                     markup=False, highlight=False)
+        raise typer.Exit(2) from None
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         stderr.print(f"error: {e}", markup=False, highlight=False)
         raise typer.Exit(2) from None
-    if not engine.betas_applied and not quiet:
-        stderr.print(f"note: the checkpoint regresses {engine.cfg.body_model} betas, which mean nothing to the "
+    if not eng.betas_applied and not quiet:
+        stderr.print(f"note: the checkpoint regresses {eng.betas_space} betas, which mean nothing to the "
                      f"{body.info.name} body model: meshes use its mean shape (the betas are still saved).",
                      markup=False, highlight=False)
-    det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, quiet=quiet)
-    sources = input_sources(images, det)
+    det, sources = detector_and_sources(images, detector, boxes, det_score, det_config, det_checkpoint, device,
+                                        quiet=quiet, shard=shard, frame_stride=frame_stride)
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
-                        checkpoint=str(checkpoint), max_persons=max_persons)
+                        checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay)
 
     if as_json:
         def progress(ev):
             if not quiet:
                 print_json(ev)
-        summary = run_inference(sources, engine, opts, progress=progress, detector=det)
+        summary = run_inference(sources, eng, opts, progress=progress, detector=det)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -116,9 +154,11 @@ def infer(
                 el = max(bar.tasks[0].elapsed or 1e-9, 1e-9)
                 done = bar.tasks[0].completed + 1
                 bar.update(task, advance=1, rate=f"{done / el:.2f} img/s {state['persons'] / el:.2f} persons/s")
-            summary = run_inference(sources, engine, opts, progress=progress, detector=det)
+            summary = run_inference(sources, eng, opts, progress=progress, detector=det)
     if hasattr(det, "close"):
         det.close()
+    if hasattr(eng, "close"):
+        eng.close()
     rec = summary.to_json()
     rec["out"] = str(out)
     if as_json:

@@ -86,6 +86,23 @@ class RegressionEngine:
         # Published checkpoints regress SMPL betas; another body model's shape space is
         # unrelated, so those betas are not applied to it (mean shape instead).
         self.betas_applied = self.cfg.body_model == "smpl" and body.info.betas_are_smpl
+        self.betas_space = self.cfg.body_model
+
+    name = "regress"
+
+    def describe(self) -> dict[str, Any]:
+        """What the camera JSON records about this engine."""
+        cfg = self.cfg
+        return {
+            "engine": "regress",
+            "roi_convention": "box (cx, cy, b): centre and size in pixels, b = crop height for "
+                              f"{cfg.aspect} crops {cfg.crop_hw[0]}x{cfg.crop_hw[1]} (HxW); cam_local (s, tx, ty) "
+                              "weak-perspective in normalised crop coordinates; t = RoI 0's camera converted "
+                              "(METHOD.md section 4)",
+            "aggregation": cfg.aggregation,
+            "regressor": {"arch": cfg.arch, "backbone": cfg.backbone, "num_rois": cfg.num_rois,
+                          "checkpoint": self.model.config.provenance.get("source_file", "")},
+        }
 
     # -- preparation (numpy, CPU) ------------------------------------------------
     def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None) -> dict[str, np.ndarray]:
@@ -149,6 +166,6 @@ class RegressionEngine:
                     box=prepared[i][1][j], crop_box=p["crop_boxes"][j], rois=rois[k], bbox_info=info[k],
                     cams_local=cams[k], rotmats=rot[k], betas=betas_np[k], betas_applied=self.betas_applied,
                     cam_t=cam_t[k], K=G.intrinsics(focal[k], w, h), focal=float(focal[k]), image_wh=(w, h),
-                    vertices_model=verts[k], joints_model=joints[k],
+                    vertices_model=verts[k], joints_model=joints[k], extra={"engine": "regress"},
                 )
         return results  # type: ignore[return-value]

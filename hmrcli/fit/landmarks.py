@@ -133,6 +133,8 @@ class Landmarker:
         num_rois: 1 (a single crop) .. 5 (the Multi-RoI layout).
         crop_size: side in pixels of the square crops given to BlazePose.
         min_visibility: landmarks below this visibility get confidence 0.
+        outside_weight: factor on the confidence of landmarks that lie outside the image
+            (BlazePose extrapolates cut-off limbs; they steer the fit only weakly).
         detector: a :class:`hmrcli.detect.mediapipe_backend.MediaPipeDetector` to use
             (one is created otherwise).
     Raises:
@@ -140,7 +142,7 @@ class Landmarker:
     """
 
     def __init__(self, num_rois: int = 5, crop_size: int = 384, min_visibility: float = 0.3,
-                 detector=None, box_rescale: float = 1.2) -> None:
+                 detector=None, box_rescale: float = 1.2, outside_weight: float = 0.2) -> None:
         from hmrcli.detect.mediapipe_backend import MediaPipeDetector
 
         if not 1 <= num_rois <= 5:
@@ -149,6 +151,7 @@ class Landmarker:
         self.crop_size = int(crop_size)
         self.min_visibility = float(min_visibility)
         self.box_rescale = float(box_rescale)
+        self.outside_weight = float(outside_weight)
         # Low thresholds: the crop already holds the person; visibility weights the fit.
         self.detector = detector if detector is not None else MediaPipeDetector(score_thr=0.3, landmark_thr=0.3)
 
@@ -183,6 +186,11 @@ class Landmarker:
         ok[idx[~keep]] = False
         sel = list(BLAZEPOSE_TO_COCO17)
         conf = np.where(fv[sel] >= self.min_visibility, fv[sel], 0.0)
+        # landmarks outside the image are BlazePose's guesses: they keep a small weight
+        h, w = image.shape[:2]
+        p = f2[sel]
+        outside = (p[:, 0] < 0) | (p[:, 1] < 0) | (p[:, 0] > w - 1) | (p[:, 1] > h - 1)
+        conf = np.where(outside, conf * self.outside_weight, conf)
         return PersonLandmarks(
             kp2d=f2[sel], conf2d=conf, kp3d=f3[sel], conf3d=conf.copy(), rois=rois, rois_ok=ok,
             blazepose2d=f2, blazepose_vis=fv, blazepose3d=f3,

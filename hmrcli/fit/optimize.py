@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from hmrcli.body import BodyModel
-from hmrcli.fit.priors import BENDS, JOINT_LIMITS
+from hmrcli.fit.priors import BENDS, JOINT_LIMITS, POSE_MEAN
 
 __all__ = ["KeypointBody", "FitTargets", "FitInit", "FitOptions", "FitResult", "fit_bodies", "TORSO", "kabsch"]
 
@@ -133,12 +133,15 @@ class FitOptions:
     w3d: float = 0.5
     sigma2d: float = 0.1
     sigma3d: float = 0.1
-    # per body stage: (pose L2, limits, bends, shape) weights
-    body_stages: tuple[tuple[float, float, float, float], ...] = (
-        (1e-2, 1.0, 1e-3, 1e-2), (2e-3, 1.0, 2e-4, 4e-3), (5e-4, 1.0, 5e-5, 2e-3))
+    # per body stage: (pose prior, limits, bends, shape) weights and the 2D robust scale
+    # (box units): strong priors and a wide robust scale first (every landmark pulls),
+    # then weaker priors and a tight scale (outlying landmarks stop pulling)
+    body_stages: tuple[tuple[float, float, float, float, float], ...] = (
+        (1e-2, 1.0, 1e-3, 1e-2, 0.5), (2e-3, 1.0, 2e-4, 4e-3, 0.2), (5e-4, 1.0, 5e-5, 2e-3, 0.1))
     camera_iters: int = 10
     body_iters: int = 10
     optimize_shape: bool = True
+    min_depth: float = 0.3  # metres: keypoints closer to the camera plane are penalised
 
 
 @dataclass
@@ -194,18 +197,20 @@ def _align(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return roma.rotvec_to_rotmat(axis / s.clamp(min=1e-9) * ang)
 
 
-def swing_init(rest_kp: torch.Tensor, global_rot: torch.Tensor, kp3d: torch.Tensor, conf3d: torch.Tensor) -> torch.Tensor:
+def swing_init(rest_kp: torch.Tensor, global_rot: torch.Tensor, kp3d: torch.Tensor, conf3d: torch.Tensor,
+               base: torch.Tensor | None = None) -> torch.Tensor:
     """Body pose (B, 23, 3, 3) whose limb bones point along the 3D landmarks' limb
     directions (minimal "swing" rotations, no twist), processed from the root outwards.
 
     rest_kp (B, 17, 3): COCO keypoints of the rest pose (body frame); global_rot (B, 3, 3);
     kp3d (B, 17, 3) camera-aligned; conf3d (B, 17). Bones whose end points have zero
-    confidence keep the rest rotation. Joints between the pelvis and the shoulders (spine,
-    collars) are left at rest, so a shoulder's parent frame is the global orientation.
+    confidence keep their ``base`` rotation (B, 23, 3, 3; default the rest pose). Joints
+    between the pelvis and the shoulders (spine, collars) are left at rest, so a shoulder's
+    parent frame is the global orientation.
     """
     b = rest_kp.shape[0]
     eye = torch.eye(3, dtype=rest_kp.dtype, device=rest_kp.device)
-    local = eye.expand(b, 23, 3, 3).clone()
+    local = eye.expand(b, 23, 3, 3).clone() if base is None else base.clone()
     glob: dict[int, torch.Tensor] = {0: global_rot}
     for j, ks, ke, parent in IK_BONES:
         gp = glob[parent]
@@ -213,7 +218,7 @@ def swing_init(rest_kp: torch.Tensor, global_rot: torch.Tensor, kp3d: torch.Tens
         d_tgt = kp3d[:, ke] - kp3d[:, ks]
         ok = (conf3d[:, ks] > 0) & (conf3d[:, ke] > 0)
         rl = gp.transpose(1, 2) @ _align(d_rest, d_tgt) @ gp
-        rl = torch.where(ok[:, None, None], rl, eye.expand(b, 3, 3))
+        rl = torch.where(ok[:, None, None], rl, local[:, j - 1])
         local[:, j - 1] = rl
         glob[j] = gp @ rl
     return local
@@ -300,11 +305,11 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
     if init is None:
         r0, tr = _initialise(kb, t)
         go = roma.rotmat_to_rotvec(r0)
-        bp = torch.zeros(b, 23, 3, dtype=dt, device=dev)
+        bp = torch.as_tensor(POSE_MEAN, dtype=dt, device=dev).expand(b, 23, 3).clone()
         if t["kp3d"] is not None:
             eye = torch.eye(3, dtype=dt, device=dev).expand(b, 24, 3, 3).clone()
             rest, _ = kb(eye, torch.zeros(b, kb.num_betas, dtype=dt, device=dev))
-            bp = roma.rotmat_to_rotvec(swing_init(rest, r0, t["kp3d"], t["conf3d"]))
+            bp = roma.rotmat_to_rotvec(swing_init(rest, r0, t["kp3d"], t["conf3d"], roma.rotvec_to_rotmat(bp)))
         betas = torch.zeros(b, kb.num_betas, dtype=dt, device=dev)
     else:
         aa = roma.rotmat_to_rotvec(T(init.rotmats))
@@ -321,6 +326,7 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
     kp3d = t["kp3d"] if has3d else torch.zeros_like(t["kp2d"][..., :1]).expand(b, 17, 3)
     c3 = t["conf3d"] if has3d else torch.zeros_like(c2)
     lim = torch.as_tensor(JOINT_LIMITS, dtype=dt, device=dev)
+    mean = torch.as_tensor(POSE_MEAN, dtype=dt, device=dev).reshape(-1)
     bends = [(3 * (j - 1) + c, sgn) for j, c, sgn in BENDS]
 
     def residuals(xi, kp2, cf2, Ki, box, k3, cf3, wts, jmask):
@@ -334,17 +340,20 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
         uv = pc[:, :2] / pc[:, 2:].clamp(min=1e-2) * torch.stack([Ki[0, 0], Ki[1, 1]]) + Ki[:2, 2]
         r2 = (uv - kp2) / box
         n2 = (r2 ** 2).sum(-1, keepdim=True)
-        s2 = o.sigma2d ** 2
+        s2 = wts[4] ** 2
         res2 = (o.w2d ** 0.5) * (cf2 * jmask)[:, None] * r2 * torch.sqrt(s2 / (s2 + n2))
         d = (kp - 0.5 * (kp[_LHIP] + kp[_RHIP])) - (k3 - 0.5 * (k3[_LHIP] + k3[_RHIP]))
         n3 = (d ** 2).sum(-1, keepdim=True)
-        s3 = o.sigma3d ** 2
+        s3 = (wts[4] * o.sigma3d / o.sigma2d) ** 2
         res3 = (o.w3d ** 0.5) * (cf3 * jmask)[:, None] * d * torch.sqrt(s3 / (s3 + n3))
+        # keep every keypoint in front of the camera (the robust 2D term saturates, so
+        # without this a body behind the camera could look cheap)
+        front = 10.0 * torch.relu(o.min_depth - pc[:, 2])
         th = xi[i_bp].reshape(23, 3)
         ex = torch.relu(lim[..., 0] - th) + torch.relu(th - lim[..., 1])
         th_f = xi[i_bp]
         rb = torch.stack([torch.exp(sgn * th_f[k]) for k, sgn in bends])
-        return torch.cat([res2.reshape(-1), res3.reshape(-1), wp.sqrt() * th_f, wl.sqrt() * ex.reshape(-1),
+        return torch.cat([res2.reshape(-1), res3.reshape(-1), front, wp.sqrt() * (th_f - mean), wl.sqrt() * ex.reshape(-1),
                           wb.sqrt() * rb, ws.sqrt() * xi[i_be]])
 
     from torch.func import jacfwd, vmap
@@ -354,7 +363,7 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
     data = (t["kp2d"], c2, t["K"], t["box_size"], kp3d, c3)
 
     def run_stage(x, weights, joints, free, iters):
-        w = torch.as_tensor(weights, dtype=dt, device=dev).expand(b, 4)
+        w = torch.as_tensor(weights, dtype=dt, device=dev).expand(b, 5)
         jm = torch.zeros(17, dtype=dt, device=dev)
         jm[list(range(17)) if joints is None else list(joints)] = 1.0
         jm = jm.expand(b, 17)
@@ -386,7 +395,7 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
     e = torch.zeros(b, dtype=dt, device=dev)
     with torch.no_grad():
         if init is None and o.camera_iters > 0:
-            x, e = run_stage(x, (0.0, 0.0, 0.0, 0.0), TORSO, (i_go, i_tr), o.camera_iters)
+            x, e = run_stage(x, (0.0, 0.0, 0.0, 0.0, o.sigma2d), TORSO, (i_go, i_tr), o.camera_iters)
             stages.append("camera")
         free = (i_go, i_bp, i_tr) + ((i_be,) if o.optimize_shape else ())
         for k, wts in enumerate(o.body_stages):

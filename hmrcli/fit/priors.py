@@ -11,8 +11,11 @@ SMPLify release), so plausibility comes from hand-set, documented terms:
   heads turned 180 degrees), not the unusual. Penalty: squared excess beyond the range.
 * **bending penalties** (SMPLify's): ``exp`` penalties on the knee and elbow components
   that would bend them the wrong way (``BENDS``).
-* **pose magnitude**: squared norm of the 23 body joint rotations (pulls joints no
-  keypoint observes -- spine, collars, feet, hands -- towards the rest pose).
+* **pose magnitude**: squared distance of the 23 body joint rotations from a relaxed
+  standing pose (:data:`POSE_MEAN`: arms hanging about 60 degrees below horizontal, elbows
+  and knees slightly bent; the rest pose itself is a T-pose). It pulls the joints no
+  keypoint observes -- spine, collars, feet, hands, limbs out of the picture -- towards
+  that pose.
 * **shape**: squared norm of the betas (a standard-normal shape space).
 
 Both body models hmrcli ships/loads are in the SMPL layout with a T-pose-like rest pose,
@@ -24,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["JOINT_LIMITS", "BENDS", "limit_penalty", "bend_penalty", "pose_l2", "shape_l2", "sample_plausible_pose"]
+__all__ = ["POSE_MEAN", "JOINT_LIMITS", "BENDS", "limit_penalty", "bend_penalty", "pose_l2", "shape_l2", "sample_plausible_pose"]
 
 _BIG = 3.2
 # (x_min, x_max, y_min, y_max, z_min, z_max) radians, for joints 1..23 (SMPL order).
@@ -55,6 +58,14 @@ _LIMITS: dict[int, tuple[float, float, float, float, float, float]] = {
 }
 #: (23, 3, 2) [min, max] per body joint (1..23) and axis-angle component, radians.
 JOINT_LIMITS = np.array([[[_LIMITS[j][2 * a], _LIMITS[j][2 * a + 1]] for a in range(3)] for j in range(1, 24)])
+#: (23, 3) axis-angle of the relaxed standing pose the pose prior pulls towards.
+POSE_MEAN = np.zeros((23, 3))
+POSE_MEAN[16 - 1] = (0.0, 0.0, -1.05)   # left shoulder: arm down (rotation about -z)
+POSE_MEAN[17 - 1] = (0.0, 0.0, 1.05)    # right shoulder
+POSE_MEAN[18 - 1] = (0.0, -0.25, 0.0)   # left elbow: slight flexion
+POSE_MEAN[19 - 1] = (0.0, 0.25, 0.0)    # right elbow
+POSE_MEAN[4 - 1] = (0.1, 0.0, 0.0)      # knees: slight flexion
+POSE_MEAN[5 - 1] = (0.1, 0.0, 0.0)
 #: SMPLify's wrong-way bending terms: (body joint index 1..23, component, sign): the penalty
 #: is exp(sign * theta) squared, large when the joint bends the wrong way.
 BENDS: tuple[tuple[int, int, float], ...] = ((18, 1, 1.0), (19, 1, -1.0), (4, 0, -1.0), (5, 0, -1.0))
@@ -75,8 +86,9 @@ def bend_penalty(body_pose: torch.Tensor) -> torch.Tensor:
 
 
 def pose_l2(body_pose: torch.Tensor) -> torch.Tensor:
-    """(B, 23, 3) -> (B,) squared norm."""
-    return (body_pose ** 2).sum(dim=(1, 2))
+    """(B, 23, 3) -> (B,) squared distance from :data:`POSE_MEAN`."""
+    mean = torch.as_tensor(POSE_MEAN, dtype=body_pose.dtype, device=body_pose.device)
+    return ((body_pose - mean) ** 2).sum(dim=(1, 2))
 
 
 def shape_l2(betas: torch.Tensor) -> torch.Tensor:
@@ -85,9 +97,9 @@ def shape_l2(betas: torch.Tensor) -> torch.Tensor:
 
 
 def sample_plausible_pose(n: int, rng: np.random.Generator, spread: float = 0.5) -> np.ndarray:
-    """(n, 23, 3) random body poses: each axis-angle component uniform in a ``spread``
-    fraction of its joint-limit range around the rest pose (values outside the range are
-    clipped to it). Used by the synthetic checks; not a learned prior."""
+    """(n, 23, 3) random body poses: :data:`POSE_MEAN` plus, per axis-angle component, a
+    uniform offset in a ``spread`` fraction of its joint-limit range (results clipped to the
+    range). Used by the synthetic checks; not a learned prior."""
     lo, hi = JOINT_LIMITS[..., 0], JOINT_LIMITS[..., 1]
-    u = rng.uniform(lo * spread, hi * spread, size=(n, 23, 3))
+    u = POSE_MEAN + rng.uniform(lo * spread, hi * spread, size=(n, 23, 3))
     return np.clip(u, lo, hi)

@@ -1,0 +1,262 @@
+"""The fitting engine (``--engine fit``) and the refinement stages (``--refine fit|pc-hmr``).
+
+Both follow the regression engine's two-call interface, so the batch pipeline drives them
+the same way: ``prepare(image, persons, focal)`` does the per-image work while the image is
+in memory (here: BlazePose landmarks on every RoI of every person), ``run(prepared_list)``
+does the batched work (here: the SMPLify-style fit of all persons of several images at once)
+and returns :class:`hmrcli.engine.regress.PersonEstimate` lists. A person whose landmarks
+cannot be found is returned as ``None`` with the reason in ``prepared["problems"]``.
+
+* :class:`FitEngine` -- landmarks -> closed-form initialisation -> fit. No network weights.
+* :class:`RefinedEngine` -- wraps an engine (regression or fit) and refines its estimates:
+  ``"fit"`` re-runs the fit starting from the estimate (pose, shape, camera), ``"pc-hmr"``
+  calibrates the estimated mesh with the BlazePose world landmarks as the 3D pose stream
+  (:func:`hmrcli.fit.pchmr.calibrate_mesh`; the mesh files then hold the calibrated surface
+  while the saved parameters stay those of the estimate -- PC-HMR moves vertices, it has no
+  parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from hmrcli import geometry as G
+from hmrcli.body import BodyModel
+from hmrcli.engine.regress import PersonBox, PersonEstimate
+from hmrcli.fit.landmarks import Landmarker, PersonLandmarks
+from hmrcli.fit.optimize import FitInit, FitOptions, FitTargets, KeypointBody, fit_bodies
+
+__all__ = ["FitEngine", "RefinedEngine", "REFINERS"]
+
+REFINERS = ("fit", "pc-hmr")
+
+ROI_CONVENTION_FIT = ("box (cx, cy, b): centre and size in pixels of the square RoIs BlazePose ran on; "
+                      "cam_local (s, tx, ty): the fitted full camera expressed as each RoI's weak-perspective "
+                      "camera (METHOD.md section 4, inverse direction)")
+
+
+def _landmarks_for(landmarker: Landmarker, image: np.ndarray, persons: list[PersonBox]):
+    lms: list[PersonLandmarks | None] = []
+    problems: list[str | None] = []
+    for k, p in enumerate(persons):
+        try:
+            lm = landmarker(image, p.xyxy)
+        except Exception as e:  # a broken crop must not stop the others
+            lm, why = None, f"person {k}: landmark model failed ({type(e).__name__}: {e})"
+        else:
+            why = None if lm is not None else f"person {k}: BlazePose found no body in its box {np.round(p.xyxy, 1).tolist()}"
+        if lm is not None and int((lm.conf2d > 0).sum()) < 4:
+            lm, why = None, f"person {k}: fewer than 4 visible landmarks"
+        lms.append(lm)
+        problems.append(why)
+    return lms, problems
+
+
+def _targets(items: list[tuple[PersonLandmarks, np.ndarray, float]]) -> FitTargets:
+    lms = [i[0] for i in items]
+    return FitTargets(
+        kp2d=np.stack([lm.kp2d for lm in lms]), conf2d=np.stack([lm.conf2d for lm in lms]),
+        K=np.stack([i[1] for i in items]), box_size=np.array([i[2] for i in items]),
+        kp3d=np.stack([lm.kp3d for lm in lms]), conf3d=np.stack([lm.conf3d for lm in lms]))
+
+
+class FitEngine:
+    """Fits the body model to BlazePose landmarks (see :mod:`hmrcli.fit.optimize`).
+
+    Args:
+        body: the body model whose pose/shape are fitted (its own betas: betas are applied).
+        device: where the optimisation runs (cpu / cuda).
+        num_rois: BlazePose runs on this many RoIs of each person (1 = one crop; 5 = the
+            Multi-RoI layout, fused).
+        batch_size: persons optimised together.
+        options: fitting weights and iteration counts.
+        landmarker: an existing :class:`Landmarker` to share.
+    """
+
+    name = "fit"
+
+    def __init__(self, body: BodyModel, device: str | torch.device = "cpu", num_rois: int = 5, batch_size: int = 16,
+                 options: FitOptions | None = None, landmarker: Landmarker | None = None) -> None:
+        self.body = body
+        self.device = torch.device(device)
+        self.batch_size = max(1, int(batch_size))
+        self.options = options or FitOptions()
+        self.landmarker = landmarker or Landmarker(num_rois=num_rois)
+        self.kb = KeypointBody(body, device=self.device)
+        self.betas_applied = True
+        self.betas_space = body.info.name
+
+    def close(self) -> None:
+        self.landmarker.close()
+
+    def describe(self) -> dict[str, Any]:
+        o = self.options
+        return {"engine": "fit", "roi_convention": ROI_CONVENTION_FIT, "aggregation": None,
+                "fit": {"landmarks": "mediapipe BlazePose full (0.10.21), COCO-17 correspondence",
+                        "num_rois": self.landmarker.num_rois, "w2d": o.w2d, "w3d": o.w3d,
+                        "stages": ["camera"] + [f"body{k}" for k in range(len(o.body_stages))]}}
+
+    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None) -> dict[str, Any]:
+        h, w = image.shape[:2]
+        f = float(focal) if focal else float(G.default_focal(w, h))
+        lms, problems = _landmarks_for(self.landmarker, image, persons)
+        return {"landmarks": lms, "problems": problems, "focal": f, "image_wh": (w, h)}
+
+    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]]) -> list[list[PersonEstimate | None]]:
+        results: list[list[PersonEstimate | None]] = [[None] * len(p[1]) for p in prepared]
+        flat = [(i, j) for i, (p, persons) in enumerate(prepared) for j in range(len(persons))
+                if p["landmarks"][j] is not None]
+        for s in range(0, len(flat), self.batch_size):
+            chunk = flat[s:s + self.batch_size]
+            items = []
+            for i, j in chunk:
+                p = prepared[i][0]
+                lm = p["landmarks"][j]
+                items.append((lm, G.intrinsics(p["focal"], *p["image_wh"]), float(lm.rois[0, 2])))
+            fit = fit_bodies(self.kb, _targets(items), options=self.options, device=self.device)
+            metas = [{"lm": prepared[i][0]["landmarks"][j], "image_wh": prepared[i][0]["image_wh"],
+                      "focal": prepared[i][0]["focal"], "box": prepared[i][1][j]} for i, j in chunk]
+            ests = _estimates(self.body, metas, fit, "fit")
+            for (i, j), est in zip(chunk, ests):
+                results[i][j] = est
+        return results
+
+
+def _estimates(body: BodyModel, metas: list[dict[str, Any]], fit, how: str,
+               base: list[PersonEstimate] | None = None) -> list[PersonEstimate]:
+    """PersonEstimates from a fit. metas[k]: {"lm": PersonLandmarks, "image_wh", "focal",
+    "box": PersonBox}; ``base``: the estimates a refinement started from."""
+    out = body(torch.from_numpy(fit.rotmats), torch.from_numpy(fit.betas))
+    verts, joints = out.vertices.numpy(), out.joints.numpy()
+    ests = []
+    for k, m in enumerate(metas):
+        lm: PersonLandmarks = m["lm"]
+        w, h = m["image_wh"]
+        f = float(m["focal"])
+        wh = np.array([w, h], dtype=np.float64)
+        cam_t = fit.transl[k]
+        extra: dict[str, Any] = {
+            how: {"reproj_px": round(float(fit.reproj_px[k]), 3), "reproj_box": round(float(fit.reproj_box[k]), 5),
+                  "rois_used": int(lm.rois_ok.sum()), "stages": fit.stages},
+            "landmarks": lm.to_json()}
+        if base is not None:
+            prev = base[k]
+            extra = {**prev.extra, **extra, "refined_from": prev.extra.get("engine", "regress")}
+            box, crop_box, rois, info = prev.box, prev.crop_box, prev.rois, prev.bbox_info
+        else:
+            box, rois = m["box"], lm.rois
+            crop_box, info = rois[0].copy(), G.bbox_info(rois, wh, f)
+            extra["engine"] = "fit"
+        cams_local = G.full_to_local(np.broadcast_to(cam_t, (len(rois), 3)), rois, wh, f)
+        ests.append(PersonEstimate(
+            box=box, crop_box=crop_box, rois=rois, bbox_info=info, cams_local=cams_local,
+            rotmats=fit.rotmats[k], betas=fit.betas[k], betas_applied=True, cam_t=cam_t,
+            K=G.intrinsics(f, w, h), focal=f, image_wh=(int(w), int(h)), vertices_model=verts[k],
+            joints_model=joints[k], extra=extra))
+    return ests
+
+
+class RefinedEngine:
+    """An engine followed by a refinement stage (``"fit"`` or ``"pc-hmr"``).
+
+    For ``"fit"`` the body model must be the one the base engine's meshes use and its betas
+    must be applied (a regressor's SMPL betas on the free model are not: the fit then starts
+    from the mean shape and fits the free model's own betas).
+    """
+
+    def __init__(self, base, how: str, landmarker: Landmarker | None = None, options: FitOptions | None = None,
+                 num_rois: int = 5) -> None:
+        if how not in REFINERS:
+            raise ValueError(f"unknown refinement {how!r}: use {', '.join(REFINERS)}")
+        self.base = base
+        self.how = how
+        self.body: BodyModel = base.body
+        self.batch_size = base.batch_size
+        self.device = getattr(base, "device", torch.device("cpu"))
+        self.options = options or FitOptions()
+        shared = getattr(base, "landmarker", None)
+        self.landmarker = landmarker or shared or Landmarker(num_rois=num_rois)
+        self._own_landmarker = landmarker is None and shared is None
+        self.kb = KeypointBody(self.body, device=self.device) if how == "fit" else None
+        self.betas_applied = True if how == "fit" else base.betas_applied
+        self.betas_space = self.body.info.name if how == "fit" else base.betas_space
+        self.name = f"{base.name}+{how}"
+
+    def close(self) -> None:
+        if hasattr(self.base, "close"):
+            self.base.close()
+        if self._own_landmarker:
+            self.landmarker.close()
+
+    def describe(self) -> dict[str, Any]:
+        d = dict(self.base.describe())
+        d["refine"] = {"method": self.how, "num_rois": self.landmarker.num_rois}
+        if self.how == "pc-hmr":
+            d["refine"]["note"] = ("mesh calibrated by PC-HMR's per-bone transformation with the BlazePose world "
+                                   "landmarks as the pose stream; params are the unrefined estimate's")
+        return d
+
+    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None) -> dict[str, Any]:
+        p = self.base.prepare(image, persons, focal)
+        if "landmarks" not in p:
+            p["landmarks"], p["problems"] = _landmarks_for(self.landmarker, image, persons)
+        return p
+
+    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]]) -> list[list[PersonEstimate | None]]:
+        base_results = self.base.run(prepared)
+        # persons without landmarks keep the unrefined estimate (noted in its extra)
+        todo = []
+        for i, ests in enumerate(base_results):
+            for j, est in enumerate(ests):
+                if est is None:
+                    continue
+                if prepared[i][0]["landmarks"][j] is None:
+                    est.extra["refine_skipped"] = prepared[i][0]["problems"][j]
+                else:
+                    todo.append((i, j))
+        for s in range(0, len(todo), self.batch_size):
+            chunk = todo[s:s + self.batch_size]
+            base = [base_results[i][j] for i, j in chunk]
+            if self.how == "fit":
+                refined = self._refine_fit(chunk, prepared, base)
+            else:
+                refined = self._refine_pchmr(chunk, prepared, base)
+            for (i, j), est in zip(chunk, refined):
+                base_results[i][j] = est
+        return base_results
+
+    def _refine_fit(self, chunk, prepared, base: list[PersonEstimate]) -> list[PersonEstimate]:
+        lms = [prepared[i][0]["landmarks"][j] for i, j in chunk]
+        items = [(lm, est.K, float(lm.rois[0, 2])) for lm, est in zip(lms, base)]
+        init = FitInit(rotmats=np.stack([e.rotmats for e in base]),
+                       betas=np.stack([e.betas if e.betas_applied else np.zeros_like(e.betas) for e in base]),
+                       transl=np.stack([e.cam_t for e in base]))
+        fit = fit_bodies(self.kb, _targets(items), init=init, options=self.options, device=self.device)
+        metas = [{"lm": lm, "image_wh": e.image_wh, "focal": e.focal, "box": e.box} for lm, e in zip(lms, base)]
+        return _estimates(self.body, metas, fit, "refine_fit", base)
+
+    def _refine_pchmr(self, chunk, prepared, base: list[PersonEstimate]) -> list[PersonEstimate]:
+        from hmrcli.fit.pchmr import calibrate_mesh, smpl24_from_blazepose33
+
+        lms = [prepared[i][0]["landmarks"][j] for i, j in chunk]
+        world = torch.from_numpy(np.stack([lm.blazepose3d for lm in lms]))
+        vis = torch.from_numpy(np.stack([lm.blazepose_vis for lm in lms]))
+        target, conf = smpl24_from_blazepose33(world, vis)
+        verts = torch.from_numpy(np.stack([e.vertices_model for e in base]))
+        joints = torch.from_numpy(np.stack([e.joints_model for e in base]))
+        res = calibrate_mesh(self.body, verts, joints, target.to(verts.dtype), conf.to(verts.dtype), align="pelvis",
+                             bridge_missing=True, min_conf=0.3)
+        out = []
+        for k, est in enumerate(base):
+            extra = dict(est.extra)
+            extra["pc-hmr"] = {"bones_calibrated": int(res.used_bones[k].sum()), "stream": "BlazePose world landmarks",
+                               "params": "unrefined (PC-HMR calibrates vertices only)"}
+            extra["landmarks"] = lms[k].to_json()
+            est.vertices_model = res.vertices[k].numpy()
+            est.joints_model = res.joints[k].numpy()
+            est.extra = extra
+            out.append(est)
+        return out
