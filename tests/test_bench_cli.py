@@ -110,5 +110,6 @@ def test_speed_end_to_end_on_images():
                             "--images", str(samples), "--json"])
     assert r.exit_code == 0, r.output
     (e2e,) = json.loads(r.stdout)["end_to_end"]
-    assert e2e["images"] == 3 and e2e["persons"] == 3 and e2e["detector"] == "whole-image"
+    n = sum(1 for p in samples.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    assert n >= 3 and e2e["images"] == n and e2e["persons"] == n and e2e["detector"] == "whole-image"
     assert all(v > 0 for v in e2e["seconds"].values()) and e2e["persons_per_s"] > 0

@@ -146,8 +146,10 @@ def test_free_body_model_without_boxes(constant_checkpoint, tmp_path):
 
 
 def test_usage_errors(constant_checkpoint, tmp_path):
-    r = _run([str(SAMPLES / "astronaut.png"), "--out", str(tmp_path)])
+    r = _run([str(SAMPLES / "astronaut.png"), "--out", str(tmp_path), "--engine", "regress"])
     assert r.exit_code == 2 and "--checkpoint" in r.output
+    r = _run([str(SAMPLES / "astronaut.png"), "--out", str(tmp_path), "--engine", "nope"])
+    assert r.exit_code == 2 and "--engine" in r.output
     r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
     assert r.exit_code == 2 and "nope.pt" in r.output
     r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--precision", "fp16",

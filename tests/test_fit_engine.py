@@ -1,0 +1,140 @@
+"""The fitting engine on real photos, the CLI without a checkpoint, and the refinements."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hmrcli import geometry as G
+from hmrcli.cli import app
+from hmrcli.detect.mediapipe_backend import mediapipe_problem
+
+pytestmark = [pytest.mark.fit,
+              pytest.mark.skipif(mediapipe_problem() is not None, reason=f"BlazePose unavailable: {mediapipe_problem()}")]
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from hmrcli.detect.mediapipe_backend import MediaPipeDetector
+
+    d = MediaPipeDetector()
+    yield d
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def engine(detector):
+    from hmrcli.body import load_body_model
+    from hmrcli.fit.engine import FitEngine
+    from hmrcli.fit.landmarks import Landmarker
+
+    return FitEngine(load_body_model("free"), landmarker=Landmarker(num_rois=5, detector=detector))
+
+
+PHOTOS = ["astronaut.png", "cameraman.png", "grace_hopper.jpg", "person_dog_horse.jpg", "two_people_park.jpg"]
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_real_photo_keypoints_within_5_percent_of_box_height(name, detector, engine):
+    """Projected body keypoints vs BlazePose's visible landmarks (visibility >= 0.5, inside
+    the image): mean distance <= 5 % of the person box height."""
+    from hmrcli.detect.mediapipe_backend import blazepose_box
+    from hmrcli.engine.regress import PersonBox
+    from hmrcli.sources import read_image
+
+    img = read_image(SAMPLES / name)
+    h, w = img.shape[:2]
+    res = detector.pose(img)
+    box = blazepose_box(res, (w, h))
+    prep = engine.prepare(img, [PersonBox(box, res.score, "mediapipe")])
+    (est,) = engine.run([(prep, [PersonBox(box)])])[0]
+    assert est is not None, prep["problems"]
+    lm = prep["landmarks"][0]
+    kp = engine.body(torch.from_numpy(est.rotmats[None]), torch.from_numpy(est.betas[None])).keypoints_coco[0].numpy()
+    uv = G.project(kp + est.cam_t, est.K)
+    inside = (lm.kp2d[:, 0] >= 0) & (lm.kp2d[:, 1] >= 0) & (lm.kp2d[:, 0] <= w - 1) & (lm.kp2d[:, 1] <= h - 1)
+    visible = (lm.conf2d >= 0.5) & inside
+    assert visible.sum() >= 5
+    err = np.linalg.norm(uv - lm.kp2d, axis=1)[visible].mean() / (box[3] - box[1])
+    assert err <= 0.05, (name, err)
+    # a plausible camera: in front, K as METHOD.md (f = image diagonal)
+    assert est.cam_t[2] > 0.3 and np.isclose(est.K[0, 0], np.hypot(w, h))
+    assert est.extra["fit"]["rois_used"] >= 3
+
+
+def test_single_roi_landmarks(detector):
+    from hmrcli.fit.landmarks import Landmarker
+    from hmrcli.sources import read_image
+
+    from hmrcli.detect.mediapipe_backend import blazepose_box
+
+    img = read_image(SAMPLES / "cameraman.png")
+    box = blazepose_box(detector.pose(img), (512, 512))
+    lm = Landmarker(num_rois=1, detector=detector)(img, box)
+    assert lm is not None and lm.rois.shape == (1, 3) and lm.kp2d.shape == (17, 2)
+    assert Landmarker(num_rois=1, detector=detector)(np.zeros((64, 64, 3), np.uint8), np.array([0, 0, 63, 63.0])) is None
+
+
+def _run(args):
+    return runner.invoke(app, ["infer", *args, "--json"])
+
+
+def test_cli_without_checkpoint_runs_the_fit_engine(tmp_path):
+    out = tmp_path / "out"
+    r = _run([str(SAMPLES / "astronaut.png"), str(SAMPLES / "person_dog_horse.jpg"), "--out", str(out), "--overlay"])
+    assert r.exit_code == 0, r.output
+    assert "engine: fit" in r.stderr
+    for name in ("astronaut.png", "person_dog_horse.jpg"):
+        d = out / name
+        cam = json.loads((d / "person_00.camera.json").read_text())
+        assert cam["engine"] == "fit" and cam["fit"]["num_rois"] == 5
+        assert cam["body_model"]["betas_applied"] is True
+        assert cam["estimate"]["fit"]["reproj_box"] < 0.05
+        res = json.loads((d / "result.json").read_text())
+        assert res["engine"] == "fit" and "overlay.png" in res["files"]
+        import cv2
+
+        ov = cv2.imread(str(d / "overlay.png"))
+        src = cv2.imread(str(SAMPLES / name))
+        assert ov.shape == src.shape
+        changed = np.any(ov != src, axis=2)
+        # the mesh covers a good part of the person box and nothing far outside it
+        x1, y1, x2, y2 = cam["person"]["box_xyxy"]
+        inside = changed[int(y1):int(y2) + 1, int(x1):int(x2) + 1].sum()
+        assert inside > 0.15 * (x2 - x1) * (y2 - y1)
+        assert inside > 0.9 * changed.sum()
+        z = np.load(d / "person_00.params.npz")
+        assert z["betas"].shape == (10,) and str(z["body_model"]) == "free"
+
+
+def test_refine_pchmr_and_fit_after_regression(tmp_path):
+    from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
+
+    torch.manual_seed(0)
+    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=5)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for lin in (model.decpose, model.decshape, model.deccam):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        model.init_pose[0, :6] = torch.diag(torch.tensor([1.0, -1.0, -1.0]))[:, :2].reshape(-1)
+    ckpt = save_native(model, cfg, tmp_path / "constant")
+    img = str(SAMPLES / "person_dog_horse.jpg")
+    outs = {}
+    for refine in ("none", "pc-hmr", "fit"):
+        out = tmp_path / refine
+        r = _run([img, "--checkpoint", str(ckpt), "--out", str(out), "--refine", refine, "--body-model", "free"])
+        assert r.exit_code == 0, r.output
+        outs[refine] = json.loads((out / "person_dog_horse.jpg" / "person_00.camera.json").read_text())
+    assert outs["none"]["engine"] == "regress"
+    assert outs["pc-hmr"]["engine"] == "regress+pc-hmr" and outs["pc-hmr"]["estimate"]["pc-hmr"]["bones_calibrated"] > 5
+    assert outs["fit"]["engine"] == "regress+fit" and outs["fit"]["estimate"]["refined_from"] == "regress"
+    # the constant network's mesh is a rest pose at a guessed depth: the fit moves it onto the person
+    assert outs["fit"]["estimate"]["refine_fit"]["reproj_box"] < 0.05
+    assert outs["fit"]["t"] != outs["none"]["t"]
