@@ -1,6 +1,7 @@
 # hmrcli: set-up and common tasks. `make demo` and `make test` work on a fresh machine.
 #
-#   make demo    create .venv if missing, install hmrcli, run the main job on sample_images/
+#   make demo    create .venv if missing, install hmrcli with BlazePose ([fit]), run the main job on
+#                sample_images/ -> meshes/ (offline, no weights needed)
 #   make test    create .venv if missing, install hmrcli with its test extras and MMDetection
 #                (builds mmcv's compiled ops once, ~5 min on 2 cores; see $(VENV)/.mmcv), run the
 #                test suite
@@ -95,10 +96,12 @@ install-fit: $(VENV)/.fit
 doctor: install
 	$(BIN)/hmrcli doctor --no-json
 
-# The main job on the embedded defaults. Until the inference engines land this reports
-# what is installed and found (the free body model among them).
-demo: install
-	$(BIN)/hmrcli doctor --no-json
+# The main job on the embedded defaults, offline: sample_images/ -> $(DEMO_OUT)/ (mesh, camera
+# JSON, parameters and an overlay per person). Without a regressor checkpoint `infer` picks the
+# fitting engine (BlazePose landmarks + body-model fit, the [fit] extra) and says so on stderr.
+DEMO_OUT ?= meshes
+demo: install-fit
+	$(BIN)/hmrcli infer sample_images --out $(DEMO_OUT) --overlay --no-json
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
