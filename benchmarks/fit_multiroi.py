@@ -18,7 +18,6 @@ import json
 import time
 
 import numpy as np
-import torch
 
 from hmrcli import geometry as G
 from hmrcli.body import load_body_model

@@ -1,30 +1,38 @@
 """Batched SMPLify-style fitting of body pose, shape and full-image camera translation.
 
-Objective per person (all persons of a batch are optimised together but are independent):
+Objective per person (the persons of a batch are optimised together but independently):
 
-    E = w2d  * sum_k c_k^2 rho_s2d(|Pi(K, X_k + t) - x_k| / h)          2D reprojection
-      + w3d  * sum_k d_k^2 rho_s3d(|(X_k - X_root) - (Y_k - Y_root)|)      3D, root-aligned
-      + wlim * limit_penalty(theta) + wbend * bend_penalty(theta)           joint limits, bends
-      + wpose * |theta|^2 + wshape * |beta|^2                               pose / shape priors
+    E = w2d  * sum_k c_k^2 rho_s(|Pi(K, X_k + t) - x_k| / h)            2D reprojection
+      + w3d  * sum_k d_k^2 rho_s'(|(X_k - X_root) - (Y_k - Y_root)|)     3D, root-aligned
+      + wlim * |limit excess(theta)|^2 + wbend * sum exp(+-theta_bend)^2  joint limits, bends
+      + wpose * |theta - theta_mean|^2 + wshape * |beta|^2               pose / shape priors
+      + 100 * sum_k relu(z_min - z_k)^2                                  keypoints in front
 
 with X_k the body model's COCO-17 keypoints (camera-frame orientation, no translation), t
 the camera translation (metres), K the intrinsics, x_k the 2D landmarks (pixels) with
 confidence c_k, h the person's box size (pixels; residuals are in box units so the weights
 do not depend on the image resolution), Y_k the 3D landmarks (metres, camera-aligned axes)
 with confidence d_k, root = the midpoint of the hips, and rho_s the Geman-McClure robust
-function rho_s(r) = s^2 r^2 / (s^2 + r^2) (s2d = 0.1 box, s3d = 0.1 m).
+function rho_s(r) = s^2 r^2 / (s^2 + r^2). Priors: :mod:`hmrcli.fit.priors`.
 
 Staged as in SMPLify: (0) closed-form initialisation -- global orientation by Kabsch
-alignment of the body's rest torso (shoulders, hips) to the 3D landmarks, depth from the
-ratio of 3D to 2D torso length with the given focal length, x/y so the hips project where
-they were seen; (1) camera stage: global orientation + translation on the torso keypoints;
-(2) body stages: everything, with the prior weights annealed from strong to weak. Each
-stage runs L-BFGS (strong-Wolfe line search). Initialisation from a regressor's estimate
-(``--refine fit``) skips step 0.
+alignment of the body's rest torso (shoulders, hips) to the 3D landmarks, limbs by minimal
+"swing" rotations onto the 3D landmarks' limb directions (:func:`swing_init`), depth from
+the ratio of 3D to 2D torso length with the given focal length, x/y so the hips project
+where they were seen; (1) camera stage: global orientation + translation on the torso
+keypoints; (2) body stages: everything, with the prior weights and the robust scales s
+(2D: 0.5 -> 0.2 -> 0.1 box; 3D: 0.5 -> 0.2 -> 0.1 m) annealed from loose to tight, so every
+landmark pulls at first and outliers stop pulling at the end. Initialisation from a
+regressor's estimate (``--refine fit``) skips (0) and (1).
 
-Only the COCO keypoints are needed during the optimisation, so the body model is evaluated
-on the vertices the keypoint regressor uses plus the skeleton (:class:`KeypointBody`),
-which makes an iteration cost microseconds per person instead of a full mesh skinning.
+Each stage is a batched Levenberg-Marquardt: the energy is a sum of squared residuals (the
+robust terms as r * sqrt(rho(r^2)) / |r|), the Jacobian of every person's residual vector
+comes from ``torch.func`` (vmap over persons of jacfwd), each person solves its own damped
+normal equations and keeps or rejects its step with its own damping -- persons never
+interact, unlike a quasi-Newton method on the summed energy. Only the COCO keypoints are
+needed, so the body model is evaluated through :class:`KeypointBody` (its skinning
+collapsed exactly onto the keypoints), which makes an evaluation cost microseconds per
+person instead of a full mesh skinning.
 """
 
 from __future__ import annotations
@@ -224,11 +232,6 @@ def swing_init(rest_kp: torch.Tensor, global_rot: torch.Tensor, kp3d: torch.Tens
     return local
 
 
-def _gmof(sq: torch.Tensor, sigma: float) -> torch.Tensor:
-    s2 = sigma * sigma
-    return s2 * sq / (s2 + sq)
-
-
 def _project(p: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     z = p[..., 2:3].clamp(min=1e-2)
     uv = p[..., :2] / z
@@ -373,7 +376,6 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
         lam = torch.full((b,), 1e-3, dtype=dt, device=dev)
         r = res_b(x, *data, w, jm)
         e = (r ** 2).sum(1)
-        eye = torch.eye(P, dtype=dt, device=dev)
         for _ in range(iters):
             jac = jac_b(x, *data, w, jm).to(dt) * fm.to(dt)
             g = torch.einsum("brp,br->bp", jac, r)
