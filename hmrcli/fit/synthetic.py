@@ -56,16 +56,6 @@ class SyntheticPeople:
     targets: FitTargets
 
 
-def _rot(axis: int, ang: np.ndarray) -> np.ndarray:
-    c, s = np.cos(ang), np.sin(ang)
-    r = np.zeros(ang.shape + (3, 3))
-    i, j = [(1, 2), (0, 2), (0, 1)][axis]
-    r[..., axis, axis] = 1
-    r[..., i, i], r[..., j, j] = c, c
-    r[..., i, j], r[..., j, i] = -s, s
-    return r
-
-
 def synthetic_people(body: BodyModel, n: int, rng: np.random.Generator, image_wh: tuple[int, int] = (1920, 1080),
                      distance: tuple[float, float] = (3.0, 10.0), noise2d: float = 2.0, noise3d: float = 0.02,
                      spread: float = 0.5) -> SyntheticPeople:
@@ -76,8 +66,8 @@ def synthetic_people(body: BodyModel, n: int, rng: np.random.Generator, image_wh
     f = float(G.default_focal(w, h))
     K = G.intrinsics(f, w, h)
     body_pose = sample_plausible_pose(n, rng, spread)
-    heading = _rot(1, rng.uniform(-np.pi, np.pi, n))
-    tilt = _rot(0, rng.uniform(-0.1, 0.1, n)) @ _rot(2, rng.uniform(-0.1, 0.1, n))
+    heading = G.axis_rotation(1, rng.uniform(-np.pi, np.pi, n))
+    tilt = G.axis_rotation(0, rng.uniform(-0.1, 0.1, n)) @ G.axis_rotation(2, rng.uniform(-0.1, 0.1, n))
     flip = np.diag([1.0, -1.0, -1.0])  # body +Y up, facing +Z -> camera y down, facing the camera
     glob = flip @ tilt @ heading
     rot = np.concatenate([glob[:, None], roma.rotvec_to_rotmat(torch.from_numpy(body_pose)).numpy()], 1)

@@ -65,7 +65,7 @@ from .crops import (
     normalized_to_crop_pixels,
 )
 from .rois import MAX_ROIS, ROI_OFFSETS, ROI_SCALES, make_rois, roi_layout
-from .rotations import axis_angle_to_rotmat, rot6d_to_rotmat, rotmat_to_axis_angle, rotmat_to_rot6d
+from .rotations import axis_angle_to_rotmat, axis_rotation, rot6d_to_rotmat, rotmat_to_axis_angle, rotmat_to_rot6d
 
 __all__ = [
     "BBOX_INFO_CONSTANTS",
@@ -113,6 +113,7 @@ __all__ = [
     "normalized_to_image",
     "project",
     "roi_layout",
+    "axis_rotation",
     "rot6d_to_rotmat",
     "rotmat_to_axis_angle",
     "rotmat_to_rot6d",

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ._array import Array
 
 __all__ = [
+    "axis_rotation",
     "axis_angle_to_rotmat",
     "rot6d_to_rotmat",
     "rotmat_to_axis_angle",
@@ -84,3 +85,16 @@ def rotmat_to_axis_angle(R: Array) -> Array:
     if R.shape[-2:] != (3, 3):
         raise ValueError(f"R must have shape (..., 3, 3), got {tuple(R.shape)}")
     return _back(roma.rotmat_to_rotvec(R), was_np)
+
+
+def axis_rotation(axis: int, angle: np.ndarray) -> np.ndarray:
+    """Rotations (..., 3, 3) by ``angle`` (..., radians, right-handed) about coordinate axis
+    ``axis`` (0: x, 1: y, 2: z). numpy float64."""
+    angle = np.asarray(angle, dtype=np.float64)
+    c, s = np.cos(angle), np.sin(angle)
+    r = np.zeros(angle.shape + (3, 3))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    r[..., axis, axis] = 1.0
+    r[..., i, i], r[..., j, j] = c, c
+    r[..., i, j], r[..., j, i] = -s, s
+    return r

@@ -28,7 +28,7 @@ What :func:`write_synthetic_dataset` writes under ``root``:
 * ``<name>.json``: the generator settings, counts and this disclaimer.
 
 Scene model: focal length = image diagonal, principal point at the image centre (CLIFF's
-assumption, METHOD.md §4); poses from :func:`hmrcli.fit.priors.sample_plausible_pose`,
+assumption, METHOD.md §4); poses from :func:`hmrcli.body.pose_limits.sample_plausible_pose`,
 betas ~ N(0, 1) clipped to +-2, heading uniform, +-0.1 rad tilt; the pelvis on a random
 ray through the image at 3-8 m; people whose box is mostly outside the image, too small, or
 overlapping another person's box too much are re-drawn.  Every image comes from
@@ -226,16 +226,6 @@ def _person_color(rng: np.random.Generator) -> tuple[float, float, float]:
 # -- people ------------------------------------------------------------------------------------
 
 
-def _rot(axis: int, ang: np.ndarray) -> np.ndarray:
-    c, s = np.cos(ang), np.sin(ang)
-    r = np.zeros(ang.shape + (3, 3))
-    i, j = [(1, 2), (0, 2), (0, 1)][axis]
-    r[..., axis, axis] = 1
-    r[..., i, i], r[..., j, j] = c, c
-    r[..., i, j], r[..., j, i] = -s, s
-    return r
-
-
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -259,7 +249,7 @@ def sample_people(
     """Up to ``n`` people placed in one image (see the module docstring); may return fewer
     when the constraints reject the candidates of ``tries`` rounds (at least one is kept
     whenever any candidate satisfies the size/inside constraints)."""
-    from hmrcli.fit.priors import sample_plausible_pose
+    from hmrcli.body.pose_limits import sample_plausible_pose
 
     w, h = config.image_wh
     f, c = float(K[0, 0]), K[:2, 2]
@@ -268,8 +258,8 @@ def sample_people(
     for _ in range(tries):
         m = 4 * n
         body_pose = sample_plausible_pose(m, rng, config.pose_spread).reshape(m, 69)
-        heading = _rot(1, rng.uniform(-np.pi, np.pi, m))
-        tilt = _rot(0, rng.uniform(-config.tilt, config.tilt, m)) @ _rot(2, rng.uniform(-config.tilt, config.tilt, m))
+        heading = G.axis_rotation(1, rng.uniform(-np.pi, np.pi, m))
+        tilt = G.axis_rotation(0, rng.uniform(-config.tilt, config.tilt, m)) @ G.axis_rotation(2, rng.uniform(-config.tilt, config.tilt, m))
         glob = np.diag([1.0, -1.0, -1.0]) @ tilt @ heading  # body +Y up -> camera y down, facing the camera
         pose = np.concatenate([G.rotmat_to_axis_angle(glob), body_pose], axis=1)
         betas = np.clip(rng.normal(size=(m, 10)), -config.betas_clip, config.betas_clip)
