@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -49,7 +54,10 @@ def infer(
                           "model: body-model output before the camera translation.")] = "camera",
     focal: Annotated[Optional[float], typer.Option(help="Focal length in pixels (default sqrt(W^2 + H^2)).")] = None,
     aggregation: Annotated[Optional[str], typer.Option(help="code (RoI 0, default) or paper (mean fused feature).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images that already have results.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every image, also those already finished with "
+                         "the same settings (finished images made with other settings are redone anyway).")] = False,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image-decoding threads (default: "
+                       "min(4, CPUs); 0 decodes in the loader thread).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON lines on stdout (default when not a terminal).")] = None,
     detector: DetectorOpt = "auto",
@@ -67,14 +75,19 @@ def infer(
     (--detector, named on stderr; mediapipe finds only ONE person per image) or from
     --boxes FILE ('-' = stdin, e.g. `hmrcli detect IMAGES | hmrcli infer --boxes - ...`).
 
+    Re-runs skip images already finished with the same settings (OUT/manifest.jsonl) and redo
+    the others; --shard I/N splits the inputs for job arrays. Ctrl-C / SIGTERM stop after the
+    current batch (a second one abandons it); a re-run finishes the rest. Layout, manifest and
+    signals: docs/output.md.
+
     Exit status: 0 all images done, 1 some failed (see OUT/errors.jsonl), 2 none succeeded
-    or bad usage."""
+    or bad usage, 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM."""
     from hmrcli.api import load_regressor
     from hmrcli.body import load_body_model
     from hmrcli.engine.regress import RegressionEngine
     from hmrcli.detect import DetectorUnavailable
     from hmrcli.nn.checkpoints import CheckpointError
-    from hmrcli.pipeline import InferOptions, run_inference
+    from hmrcli.pipeline import SIGNAL_EXIT_CODES, InferOptions, StopRequest, run_inference
 
     as_json = want_json(json_out)
     fmts = tuple(f.strip().lower() for f in mesh_format.split(",") if f.strip())
@@ -129,45 +142,184 @@ def infer(
     det, sources = detector_and_sources(images, detector, boxes, det_score, det_config, det_checkpoint, device,
                                         quiet=quiet, shard=shard, frame_stride=frame_stride)
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
-                        checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay)
-
-    if as_json:
-        def progress(ev):
-            if not quiet:
-                print_json(ev)
-        summary = run_inference(sources, eng, opts, progress=progress, detector=det)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("[bold]infer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                      TimeElapsedColumn(), console=stderr, disable=quiet) as bar:
-            task = bar.add_task("infer", total=len(sources), rate="")
-            state = {"persons": 0}
-
-            def progress(ev):
-                if ev["event"] == "done":
-                    state["persons"] += ev["persons"]
-                    if ev["persons"] == 0:
-                        bar.console.print(f"note: no person found in {ev['file']}", markup=False, highlight=False)
-                elif ev["event"] == "error":
-                    bar.console.print(f"[red]error[/red] {escape(ev['file'])} ({ev['stage']}): {escape(ev['message'])}", highlight=False)
-                el = max(bar.tasks[0].elapsed or 1e-9, 1e-9)
-                done = bar.tasks[0].completed + 1
-                bar.update(task, advance=1, rate=f"{done / el:.2f} img/s {state['persons'] / el:.2f} persons/s")
-            summary = run_inference(sources, eng, opts, progress=progress, detector=det)
-    if hasattr(det, "close"):
-        det.close()
-    if hasattr(eng, "close"):
-        eng.close()
-    rec = summary.to_json()
-    rec["out"] = str(out)
-    if as_json:
-        print_json(rec)
-    elif not quiet:
-        stderr.print(f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed, "
-                     f"{summary.persons} persons in {summary.seconds:.1f} s -> {out}", highlight=False)
+                        checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay,
+                        workers=workers if workers is not None else min(4, os.cpu_count() or 1))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(f"{out}: no permission to write there")
+    except OSError as e:
+        stderr.print(f"error: cannot write the output folder: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    stop = StopRequest()
+    report = _Reporter(len(sources), as_json=as_json, quiet=quiet)
+    old_handlers = _install_signal_handlers(stop, report.signal_note)
+    try:
+        try:
+            with report:
+                summary = run_inference(sources, eng, opts, progress=report.event, detector=det, stop=stop)
+        except DetectorUnavailable as e:
+            stderr.print(f"error: detector: {e}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        finally:
+            if hasattr(det, "close"):
+                det.close()
+            if hasattr(eng, "close"):
+                eng.close()
+        report.summary(summary, out)
+    except KeyboardInterrupt:  # a second signal outside the run: stop now, nothing is half-written
+        sys.stdout.flush()
+        raise typer.Exit(SIGNAL_EXIT_CODES.get(stop.reason or "SIGINT", 130)) from None
+    finally:
+        _restore_signal_handlers(old_handlers)
     sys.stdout.flush()
     raise typer.Exit(summary.exit_code)
+
+
+def _install_signal_handlers(stop, note) -> dict:
+    """SIGINT / SIGTERM: the first asks the run to stop after the current batch, the second
+    abandons the batch (KeyboardInterrupt; its images are redone by the next run), a third
+    exits at once (as safe as kill -9: every file is written atomically)."""
+    count = [0]
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        count[0] += 1
+        if count[0] == 1:
+            stop.request(name)
+            note(name, "stopping after the current batch (send it again to abandon the batch)")
+        elif count[0] == 2:
+            note(name, "abandoning the current batch")
+            raise KeyboardInterrupt
+        else:
+            os._exit(SIGNAL_EXIT_CODES.get(stop.reason or name, 130))
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+    return old
+
+
+def _restore_signal_handlers(old: dict) -> None:
+    for sig, h in old.items():
+        try:
+            signal.signal(sig, h)
+        except (ValueError, OSError, TypeError):
+            pass
+
+
+class _Reporter:
+    """Progress of ``hmrcli infer``:
+
+    * ``--json`` (the default when stdout is not a terminal): one JSON line per event on stdout
+      (done, skipped, error, warning, redo), the summary last;
+    * stderr a terminal (and not ``--quiet``): a rich progress bar with images/s and
+      persons/s, errors and notes printed above it;
+    * stderr not a terminal and stdout not JSON: the same events as JSON lines on stderr, each
+      with ``completed``, ``total``, ``images_per_s`` and ``persons_per_s``, the summary last.
+
+    ``--quiet``: no progress and no per-image events (errors still go to OUT/errors.jsonl and
+    to stderr outside JSON mode); the summary line is still written."""
+
+    def __init__(self, total: int, as_json: bool, quiet: bool) -> None:
+        self.total, self.as_json, self.quiet = total, as_json, quiet
+        self.err_tty = sys.stderr.isatty()
+        self.json_log = not as_json and not self.err_tty
+        self.bar = None
+        self.completed = 0
+        self.persons = 0
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> "_Reporter":
+        if self.err_tty and not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]infer"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=stderr)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("infer", total=self.total, rate="")
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+            self.bar = None
+
+    def _rates(self) -> tuple[float, float]:
+        el = max(time.perf_counter() - self.t0, 1e-9)
+        return self.completed / el, self.persons / el
+
+    def _line(self, text: str, style: str | None = None) -> None:
+        con = self.bar.console if self.bar is not None else stderr
+        if style:
+            con.print(f"[{style}]{escape(text)}[/{style}]", highlight=False)
+        else:
+            con.print(text, markup=False, highlight=False)
+
+    def event(self, ev: dict) -> None:
+        kind = ev.get("event")
+        if kind in ("done", "skipped", "error"):
+            self.completed += 1
+        if kind == "done":
+            self.persons += ev.get("persons", 0)
+        if self.as_json and not self.quiet:
+            print_json(ev)
+        if self.json_log:
+            if not self.quiet or kind in ("error", "redo"):
+                ips, pps = self._rates()
+                _stderr_json({**ev, "completed": self.completed, "total": self.total,
+                              "images_per_s": round(ips, 3), "persons_per_s": round(pps, 3)})
+            return
+        if not self.as_json or self.bar is not None:  # a person reads stderr
+            if kind == "error":
+                self._line(f"error {ev['file']} ({ev['stage']}): {ev['message']}", "red")
+            elif kind == "warning" and not self.quiet:
+                self._line(f"warning {ev['file']} ({ev['stage']}): {ev['message']}", "yellow")
+            elif kind == "redo":
+                self._line(f"note: redoing {ev['images']} image(s) that have results: {ev['reason']}")
+            elif kind == "done" and ev.get("persons") == 0 and not self.quiet:
+                self._line(f"note: no person found in {ev['file']}")
+        elif kind == "redo":  # JSON on stdout, no bar: still tell the person at the terminal
+            self._line(f"note: redoing {ev['images']} image(s) that have results: {ev['reason']}")
+        if self.bar is not None and kind in ("done", "skipped", "error"):
+            ips, pps = self._rates()
+            self.bar.update(self.task, completed=self.completed, rate=f"{ips:.2f} img/s {pps:.2f} persons/s")
+
+    def signal_note(self, name: str, what: str) -> None:
+        """From a signal handler: raw writes to fd 2 (no buffered stream is re-entered)."""
+        if self.json_log:
+            text = json.dumps({"event": "signal", "signal": name, "action": what}) + "\n"
+        else:
+            text = f"\n{name}: {what}\n"
+        try:
+            os.write(2, text.encode("utf-8"))
+        except OSError:
+            pass
+
+    def summary(self, summary, out: Path) -> None:
+        rec = summary.to_json()
+        rec["out"] = str(out)
+        if self.as_json:
+            print_json(rec)
+        elif self.json_log:
+            _stderr_json(rec)
+        elif not self.quiet or summary.interrupted:
+            line = (f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed, "
+                    f"{summary.persons} persons in {summary.seconds:.1f} s -> {out}")
+            if summary.interrupted:
+                line += (f"\ninterrupted ({summary.interrupted}): {summary.remaining} image(s) left; run the same "
+                         "command again to finish them")
+            stderr.print(line, markup=False, highlight=False)
+
+
+def _stderr_json(obj: dict) -> None:
+    sys.stderr.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stderr.flush()
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,140 @@
+"""Helpers of the tests/test_pipeline_*.py files: a small regressor checkpoint whose heads
+output constants (so results do not depend on the batch), a cheap stand-in engine, and
+running ``hmrcli`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_images"
+
+
+def constant_checkpoint(path: Path, crop_hw=(64, 48), num_rois: int = 5) -> Path:
+    """A Multi-RoI ResNet-50 on small crops whose heads output their start values (an
+    upright body, local camera (0.9, 0, 0)): cheap, and bit-identical whatever the batch."""
+    import torch
+
+    from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
+
+    torch.manual_seed(0)
+    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=num_rois, crop_hw=tuple(crop_hw))
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for lin in (model.decpose, model.decshape, model.deccam):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        model.init_pose[0, :6] = torch.diag(torch.tensor([1.0, -1.0, -1.0]))[:, :2].reshape(-1)
+    return save_native(model, cfg, path)
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_checkpoint(tmp_path_factory) -> Path:
+    """One :func:`constant_checkpoint` per test session (it takes a few seconds to write)."""
+    if "ckpt" not in _SHARED or not _SHARED["ckpt"].exists():
+        _SHARED["ckpt"] = constant_checkpoint(tmp_path_factory.mktemp("pipeline-ckpt") / "const")
+    return _SHARED["ckpt"]
+
+
+class StubBody:
+    """A three-vertex 'body model' (what the writers need of one)."""
+
+    faces = np.array([[0, 1, 2]])
+    info = SimpleNamespace(name="stub", gender="neutral", path=None, num_vertices=3)
+
+
+class StubEngine:
+    """A cheap engine with the interface run_inference uses. ``prepare`` allocates
+    ``prep_bytes`` per image (so prepared images that pile up show in the memory), ``run``
+    returns a fixed estimate per person; ``fail_on`` names images whose run raises."""
+
+    name = "stub"
+    betas_applied = True
+    betas_space = "stub"
+
+    def __init__(self, batch_size: int = 4, prep_bytes: int = 0, fail_on=(), tag: str = "a") -> None:
+        self.body = StubBody()
+        self.batch_size = batch_size
+        self.prep_bytes = prep_bytes
+        self.fail_on = set(fail_on)
+        self.tag = tag
+        self.runs: list[int] = []
+
+    def describe(self):
+        return {"engine": "stub", "aggregation": None, "tag": self.tag}
+
+    def prepare(self, image, persons, focal=None):
+        h, w = image.shape[:2]
+        return {"w": w, "h": h, "mean": float(image.mean()), "focal": float(focal or np.hypot(w, h)),
+                "ballast": np.ones(self.prep_bytes, np.uint8) if self.prep_bytes else None}
+
+    def run(self, prepared):
+        from hmrcli.engine.regress import PersonEstimate
+
+        self.runs.append(len(prepared))
+        out = []
+        for p, persons in prepared:
+            if p["mean"] in self.fail_on:
+                raise RuntimeError("stub engine failure")
+            K = np.array([[p["focal"], 0, p["w"] / 2], [0, p["focal"], p["h"] / 2], [0, 0, 1.0]])
+            ests = []
+            for box in persons:
+                ests.append(PersonEstimate(
+                    box=box, crop_box=np.array([1.0, 2.0, 3.0]), rois=np.zeros((1, 3)), bbox_info=np.zeros((1, 3)),
+                    cams_local=np.zeros((1, 3)), rotmats=np.tile(np.eye(3), (24, 1, 1)), betas=np.zeros(10),
+                    betas_applied=True, cam_t=np.array([0.0, 0.0, 5.0]), K=K, focal=p["focal"],
+                    image_wh=(p["w"], p["h"]), vertices_model=np.eye(3) * p["mean"] / 255.0,
+                    joints_model=np.zeros((24, 3))))
+            out.append(ests)
+        return out
+
+
+def hmrcli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from hmrcli.cli import main; main()", *args]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of hmrcli subprocesses: one torch thread (an OpenMP team on a shared,
+    busy test machine spends most of its time waiting for preempted threads)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT)}
+
+
+def run_hmrcli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(hmrcli_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=child_env(), **kw)
+
+
+def summary_of(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def output_state(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` (relative path -> content), the manifest reduced to what it
+    means: the latest image line per name and the settings it refers to (timings dropped)."""
+    files = {}
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and p.name != "manifest.jsonl":
+            files[str(p.relative_to(out))] = p.read_bytes()
+    man = out / "manifest.jsonl"
+    if man.exists():
+        runs, images = {}, {}
+        for line in man.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["kind"] == "run":
+                runs[rec["settings_id"]] = rec["settings"]
+            else:
+                images[rec["name"]] = rec
+        state = {n: {**{k: v for k, v in rec.items() if k != "settings_id"}, "settings": runs[rec["settings_id"]]}
+                 for n, rec in sorted(images.items())}
+        files["manifest.jsonl"] = json.dumps(state, sort_keys=True).encode()
+    return files
