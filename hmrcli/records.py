@@ -33,18 +33,25 @@ schema                      written by / one per              fields (units)
                             person_KK.camera.json             (px), ``R``, ``t`` (m), ``focal_px``, ``mesh``
                                                               {``frame``, ``R``, ``t``}, ``person`` {``index``,
                                                               ``box_xyxy``, ``score``, ``box_source``,
-                                                              ``crop_box_cxcyb``}, ``rois``, ``regressor``,
-                                                              ``body_model``, ``hmrcli``
-``hmrcli.result/1``         ``hmrcli infer``: OUT/NAME/       ``image`` (path), ``persons`` (count), ``files``,
-                            result.json (written last)        ``checkpoint``, ``mesh_frame``, ``hmrcli``
+                                                              ``crop_box_cxcyb``}, ``rois``, ``engine``,
+                                                              ``regressor`` | ``fit``, ``refine``,
+                                                              ``body_model``, ``estimate``, ``hmrcli``
+``hmrcli.result/1``         ``hmrcli infer``: OUT/NAME/       ``image`` (path), ``name``, ``persons`` (count),
+                            result.json (written last)        ``person_indices``, ``problems``, ``files``,
+                                                              ``engine``, ``checkpoint``, ``mesh_frame``, ``hmrcli``
+``hmrcli.manifest/1``       ``hmrcli infer``: OUT/            ``kind`` "run" (``settings``, ``settings_id``) or
+                            manifest.jsonl (append-only)      "image" (``name``, ``settings_id``, ``files``)
 ``hmrcli.person/1``         ``hmrcli export``: NAME/          the camera record's fields plus ``params``
                             person_KK.json                    (axis-angle rad, betas, ``transl`` m), ``joints``
                                                               (m and px), ``units``, ``source``
 ``hmrcli.error/1``          OUT/errors.jsonl (infer, crop,    ``file``, ``stage`` ("read", "detect", "boxes",
-                            export) and ``--json`` error      "crop", "regress", "write", "export"), ``message``
+                            export) and ``--json`` error      "crop", "regress", "fit", "landmarks", "write",
+                                                              "export"), ``message``
                             events, one per failed input      (names the file); ``event`` "error" on stdout
 ``hmrcli.summary/1``        every batch command, last         ``command``, ``images``, ``done``, ``skipped``,
                             ``--json`` line                   ``failed``, ``persons``, ``seconds``, ``exit_code``
+                                                              (infer adds ``remaining``, ``redone``,
+                                                              ``interrupted``)
 ``hmrcli.doctor/1``         ``hmrcli doctor --json``          versions, devices, optional parts, models
 ==========================  ================================  =====================================================
 
