@@ -114,17 +114,9 @@ def test_cli_without_checkpoint_runs_the_fit_engine(tmp_path):
 
 
 def test_refine_pchmr_and_fit_after_regression(tmp_path):
-    from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
+    from _pipeline_helpers import constant_checkpoint
 
-    torch.manual_seed(0)
-    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=5)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for lin in (model.decpose, model.decshape, model.deccam):
-            lin.weight.zero_()
-            lin.bias.zero_()
-        model.init_pose[0, :6] = torch.diag(torch.tensor([1.0, -1.0, -1.0]))[:, :2].reshape(-1)
-    ckpt = save_native(model, cfg, tmp_path / "constant")
+    ckpt = constant_checkpoint(tmp_path / "constant")  # an upright rest-pose body, known camera
     img = str(SAMPLES / "person_dog_horse.jpg")
     outs = {}
     for refine in ("none", "pc-hmr", "fit"):
