@@ -152,3 +152,13 @@ def test_options_change_the_schedule(free, free_kb):
     fit = fit_bodies(free_kb, people.targets, options=FitOptions(camera_iters=0, body_iters=2,
                                                                   body_stages=((1e-2, 1.0, 1e-3, 1e-2, 0.3),)))
     assert fit.stages == ["body0"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_cuda_matches_cpu(free, free_kb):
+    people = synthetic_people(free, 4, np.random.default_rng(9))
+    cpu = fit_bodies(free_kb, people.targets)
+    gpu = fit_bodies(KeypointBody(free, device="cuda"), people.targets, device="cuda")
+    ev_c, ev_g = evaluate_fit(free, people, cpu), evaluate_fit(free, people, gpu)
+    assert np.abs(ev_c["pa_mpjpe_mm"] - ev_g["pa_mpjpe_mm"]).max() < 5.0
+    assert np.abs(cpu.transl - gpu.transl).max() < 0.05
