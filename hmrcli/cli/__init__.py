@@ -46,6 +46,7 @@ from hmrcli.cli import detect as _detect  # noqa: E402
 from hmrcli.cli import doctor as _doctor  # noqa: E402  (each module registers its commands)
 from hmrcli.cli import export as _export  # noqa: E402
 from hmrcli.cli import infer as _infer  # noqa: E402
+from hmrcli.cli import train as _train  # noqa: E402
 from hmrcli.cli import weights as _weights  # noqa: E402
 
 _doctor.register(app)
@@ -55,6 +56,7 @@ _infer.register(app)
 _weights.register(app)
 _benchmark.register(app)
 _export.register(app)
+_train.register(app)
 
 
 def main() -> None:

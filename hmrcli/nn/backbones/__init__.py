@@ -1,6 +1,6 @@
 """Image backbones: crop (B, 3, H, W), ImageNet-normalised -> pooled feature (B, D).
 
-Three architectures, each in its own module and named so that the released
+Four architectures, each in its own module and named so that the released
 checkpoints load with ``load_state_dict(strict=True)`` once their backbone prefix
 is stripped (none for the Multi-RoI ResNet-50, ``backbone.`` for the Multi-RoI
 HRNet, ``encoder.`` for CLIFF):
@@ -11,6 +11,7 @@ name                      D      used by
 ``resnet50``              2048   Multi-RoI ``HMR_sim``, CLIFF ResNet-50
 ``hrnet_w48_pose``        720    Multi-RoI ``HMR_sim_hrnet``
 ``hrnet_w48_cls``         2048   CLIFF HRNet-W48
+``resnet18``              512    small CPU-scale training runs (no released weights)
 ========================  =====  ==============================================
 
 Every backbone exposes ``feature_dim`` and ``forward_maps(x)`` (the map before
@@ -27,16 +28,19 @@ from torch import nn
 from .hrnet_cls import ClsHRNet, hrnet_w48_cls
 from .hrnet_pose import PoseHRNet, hrnet_w48_pose
 from .resnet import ResNet, resnet50
+from .resnet18 import BasicResNet, resnet18
 
 __all__ = [
     "BACKBONES",
     "BackboneSpec",
+    "BasicResNet",
     "ClsHRNet",
     "PoseHRNet",
     "ResNet",
     "create_backbone",
     "hrnet_w48_cls",
     "hrnet_w48_pose",
+    "resnet18",
     "resnet50",
 ]
 
@@ -66,6 +70,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec(
             "hrnet_w48_cls", hrnet_w48_cls, 2048,
             "classification HRNet-W48 (incre/downsamp/final head); CLIFF hr48",
+        ),
+        BackboneSpec(
+            "resnet18", resnet18, 512,
+            "ResNet-18, torchvision names; small backbone for CPU-scale training (no released weights)",
         ),
     )
 }
