@@ -453,6 +453,7 @@ class SpinDataset(Dataset):
         seed: seed of the augmentation random numbers.
         normalize: ImageNet-normalised float32 crops (True) or uint8 0..255 (False).
         name: a label (default: the file's stem).
+        crop_hw: crop size (h, w) in pixels (default: the aspect's standard size).
     """
 
     def __init__(
@@ -465,11 +466,13 @@ class SpinDataset(Dataset):
         seed: int = 0,
         normalize: bool = True,
         name: str | None = None,
+        crop_hw: tuple[int, int] | None = None,
     ) -> None:
         self.path = Path(npz_path)
         self.root = Path(image_root) if image_root is not None else self.path.parent
         self.aspect = aspect
-        self.crop_hw = G.crop_size(aspect)
+        # crop size in pixels (h, w); the box convention (aspect ratio) stays the aspect's
+        self.crop_hw = tuple(int(x) for x in crop_hw) if crop_hw is not None else G.crop_size(aspect)
         self.num_rois = int(G.roi_layout(num_rois).shape[0])
         self.augment = augment
         self.seed = int(seed)

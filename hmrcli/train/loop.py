@@ -170,11 +170,9 @@ def _augment(cfg: TrainConfig):
 def _spin_dataset(cfg: TrainConfig, d, augment):
     from hmrcli.train.data import SpinDataset
 
-    ds = SpinDataset(d.path, d.img_root or None, aspect=cfg.model.aspect, num_rois=cfg.model.num_rois,
-                     augment=augment, seed=cfg.seed, name=d.name or None)
-    # crops of the configured size (the box convention, i.e. the aspect ratio, is the aspect's)
-    ds.crop_hw = (int(cfg.model.crop_hw[0]), int(cfg.model.crop_hw[1]))
-    return ds
+    return SpinDataset(d.path, d.img_root or None, aspect=cfg.model.aspect, num_rois=cfg.model.num_rois,
+                       augment=augment, seed=cfg.seed, name=d.name or None,
+                       crop_hw=(int(cfg.model.crop_hw[0]), int(cfg.model.crop_hw[1])))
 
 
 def build_datasets(cfg: TrainConfig):
