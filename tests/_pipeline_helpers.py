@@ -18,14 +18,17 @@ SAMPLES = ROOT / "sample_images"
 
 
 def constant_checkpoint(path: Path, crop_hw=(64, 48), num_rois: int = 5) -> Path:
-    """A Multi-RoI ResNet-50 on small crops whose heads output their start values (an
-    upright body, local camera (0.9, 0, 0)): cheap, and bit-identical whatever the batch."""
+    """A Multi-RoI ResNet-50 whose heads output their start values (an upright body: global
+    orientation 180 deg about x, SMPL's +y up -> camera's -y; local camera (0.9, 0, 0) for
+    every RoI), so the true answer is known and bit-identical whatever the batch. ``crop_hw``
+    None: the checkpoint's standard crop size; the default small crops are cheap."""
     import torch
 
     from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
 
     torch.manual_seed(0)
-    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=num_rois, crop_hw=tuple(crop_hw))
+    extra = {} if crop_hw is None else {"crop_hw": tuple(crop_hw)}
+    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=num_rois, **extra)
     model = build_model(cfg).eval()
     with torch.no_grad():
         for lin in (model.decpose, model.decshape, model.deccam):

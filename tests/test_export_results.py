@@ -382,20 +382,6 @@ def test_cli_terminal_output(results, tmp_path):
 
 # -- end to end: what `hmrcli infer` writes today -------------------------------------------
 
-@pytest.fixture(scope="module")
-def constant_checkpoint(tmp_path_factory):
-    """A Multi-RoI regressor whose heads output their start values (an upright body)."""
-    from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
-
-    torch.manual_seed(0)
-    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=5)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for lin in (model.decpose, model.decshape, model.deccam):
-            lin.weight.zero_()
-            lin.bias.zero_()
-        model.init_pose[0, :6] = torch.diag(torch.tensor([1.0, -1.0, -1.0]))[:, :2].reshape(-1)
-    return save_native(model, cfg, tmp_path_factory.mktemp("ckpt") / "constant")
 
 
 @pytest.mark.slow

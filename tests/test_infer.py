@@ -6,36 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from hmrcli import geometry as G
 from hmrcli.cli import app
-from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 runner = CliRunner()
-
-
-def _rot6d(r):
-    return r[:, :2].reshape(-1)  # rows of the first two columns: METHOD.md's 6D layout
-
-
-@pytest.fixture(scope="module")
-def constant_checkpoint(tmp_path_factory):
-    """A Multi-RoI ResNet-50 whose heads output its start values: an upright body
-    (global orientation 180 deg about x: SMPL's +y up -> camera's -y) and local camera
-    (0.9, 0, 0) for every RoI -- so the true answer is known."""
-    torch.manual_seed(0)
-    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=5)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for lin in (model.decpose, model.decshape, model.deccam):
-            lin.weight.zero_()
-            lin.bias.zero_()
-        model.init_pose[0, :6] = _rot6d(torch.diag(torch.tensor([1.0, -1.0, -1.0])))
-    path = save_native(model, cfg, tmp_path_factory.mktemp("ckpt") / "constant")
-    return path
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from hmrcli.cli import app
@@ -282,23 +281,6 @@ def test_video_detect_pipe_crop_equals_direct(video, tmp_path):
 # --------------------------------------------------------------------------- infer
 
 
-def _rot6d(r):
-    return r[:, :2].reshape(-1)
-
-
-@pytest.fixture(scope="module")
-def constant_checkpoint(tmp_path_factory):
-    from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
-
-    torch.manual_seed(0)
-    cfg = RegressorConfig(arch="multiroi", backbone="resnet50", num_rois=5)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for lin in (model.decpose, model.decshape, model.deccam):
-            lin.weight.zero_()
-            lin.bias.zero_()
-        model.init_pose[0, :6] = _rot6d(torch.diag(torch.tensor([1.0, -1.0, -1.0])))
-    return save_native(model, cfg, tmp_path_factory.mktemp("ckpt") / "constant")
 
 
 def _tree(out: Path) -> dict:
