@@ -94,7 +94,8 @@ class InferOptions:
     out: Path
     mesh_formats: tuple[str, ...] = ("obj",)
     mesh_frame: str = "camera"  # "camera" | "model"
-    focal: float | None = None
+    focal: float | None = None  # pixels; None: EXIF (when exif_focal) else sqrt(W^2 + H^2)
+    exif_focal: bool = True  # use the photo's EXIF focal length when --focal is not given
     overwrite: bool = False
     checkpoint: str = ""
     images_per_step: int = 8  # images per engine.run (also: per detector call)
@@ -355,6 +356,7 @@ def run_settings(engine: Any, opts: InferOptions, detector: Any = None, boxes: A
         "detector": det,
         "max_persons": opts.max_persons,
         "focal": opts.focal,
+        "exif_focal": bool(opts.exif_focal),
         "mesh_formats": list(opts.mesh_formats),
         "mesh_frame": opts.mesh_frame,
         "overlay": bool(opts.overlay),
@@ -465,7 +467,7 @@ def camera_record(est: PersonEstimate, index: int, image_path: str, engine: Any,
 
 
 def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, engine: Any,
-                  opts: InferOptions, files: list[str]) -> None:
+                  opts: InferOptions, files: list[str], focal_source: str = "default sqrt(W^2 + H^2)") -> None:
     """Write one person's files atomically, appending each name to ``files`` once written."""
     stem = f"person_{k:02d}"
     verts = est.vertices_model + est.cam_t if opts.mesh_frame == "camera" else est.vertices_model
@@ -483,7 +485,6 @@ def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, 
         betas_applied=np.array(est.betas_applied),
     ))
     files.append(f"{stem}.params.npz")
-    focal_source = "--focal" if opts.focal else "default sqrt(W^2 + H^2)"
     atomic_write_text(dirpath / f"{stem}.camera.json",
                       json.dumps(camera_record(est, k, str(src.path), engine, opts.mesh_frame, focal_source), indent=1))
     files.append(f"{stem}.camera.json")
@@ -607,6 +608,21 @@ def _legacy_items(sources: Iterable[ImageSource], boxes: dict[str, list[dict[str
         yield DetectedImage(src, image, w, h, dets)
 
 
+def _focal_for(src: ImageSource, image: np.ndarray, opts: InferOptions) -> tuple[float | None, str]:
+    """The focal length (pixels) for one image and where it came from: ``--focal``, the
+    photo's EXIF (files only, not video frames), or None = the default sqrt(W^2 + H^2)."""
+    if opts.focal:
+        return float(opts.focal), "--focal"
+    if opts.exif_focal and getattr(src, "video", None) is None:
+        from hmrcli.sources import exif_focal_px
+
+        h, w = image.shape[:2]
+        got = exif_focal_px(src.path, w, h)
+        if got is not None:
+            return got
+    return None, "default sqrt(W^2 + H^2)"
+
+
 @dataclass
 class _Job:
     """One prepared image on its way from the loader to the engine. ``indices``: each
@@ -619,6 +635,7 @@ class _Job:
     indices: list[int]
     notes: list[str]
     image: np.ndarray | None
+    focal_source: str = "default sqrt(W^2 + H^2)"
 
 
 #: smallest person box reconstructed, in pixels (width and height)
@@ -687,13 +704,14 @@ class _Loader(threading.Thread):
                     if not self.put(("error", src, "crop", "; ".join(notes))):
                         break
                     continue
+                focal, focal_source = _focal_for(src, item.image, opts)
                 try:
-                    prepared = self.engine.prepare(item.image, persons, opts.focal)
+                    prepared = self.engine.prepare(item.image, persons, focal)
                 except Exception as e:
                     if not self.put(("error", src, "crop", f"{src.path}: {type(e).__name__}: {e}")):
                         break
                     continue
-                job = _Job(src, prepared, persons, indices, notes, item.image if opts.overlay else None)
+                job = _Job(src, prepared, persons, indices, notes, item.image if opts.overlay else None, focal_source)
                 if not self.put(("item", job)):
                     break
                 del item, prepared, job  # hold nothing while waiting for the next image
@@ -811,7 +829,7 @@ def run_inference(
             except FileNotFoundError:
                 pass
             for k, est in kept:
-                _write_person(d, k, est, src, engine, opts, files)
+                _write_person(d, k, est, src, engine, opts, files, job.focal_source)
             if opts.overlay and image is not None:
                 files.append(_write_overlay(d, image, [est for _, est in kept], engine.body.faces))
             atomic_write_text(d / "result.json", json.dumps({

@@ -389,6 +389,52 @@ def exif_orientation(tiff: bytes) -> int:
     return 1
 
 
+#: diagonal of a 36 x 24 mm frame, the reference of EXIF's FocalLengthIn35mmFilm
+FULL_FRAME_DIAGONAL_MM = float(np.hypot(36.0, 24.0))
+
+
+def exif_focal_px(path: str | os.PathLike, width: int, height: int) -> tuple[float, str] | None:
+    """Focal length in pixels of a photo from its EXIF data, or None when it has none usable.
+
+    ``width``, ``height``: the decoded image's size (after EXIF orientation). Preferred:
+    ``FocalLengthIn35mmFilm`` (mm of a 36x24 mm frame with the same field of view along the
+    diagonal): ``f_px = f35 * sqrt(W^2 + H^2) / 43.27``. Otherwise ``FocalLength`` (mm) with
+    ``FocalPlaneXResolution`` / ``FocalPlaneResolutionUnit`` (pixels per inch / cm / mm of the
+    sensor), scaled from the EXIF image width to the decoded size. Returns
+    ``(f_px, description)``. Read with Pillow, which parses the EXIF block only.
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        return None
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            sub = exif.get_ifd(0x8769)  # the Exif sub-IFD holds the camera tags
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
+    if not sub:
+        return None
+    diag = float(np.hypot(width, height))
+    f35 = sub.get(0xA405)
+    try:
+        if f35 and float(f35) > 0:
+            f = float(f35) * diag / FULL_FRAME_DIAGONAL_MM
+            return f, f"EXIF FocalLengthIn35mmFilm={float(f35):g} mm"
+        fmm, xres, unit = sub.get(0x920A), sub.get(0xA20E), sub.get(0xA210, 2)
+        exif_w, exif_h = sub.get(0xA002), sub.get(0xA003)
+        if fmm and xres and float(fmm) > 0 and float(xres) > 0 and exif_w and exif_h:
+            mm_per_unit = {2: 25.4, 3: 10.0, 4: 1.0}.get(int(unit))
+            if mm_per_unit is None:
+                return None
+            scale = max(width, height) / max(int(exif_w), int(exif_h))
+            f = float(fmm) * float(xres) / mm_per_unit * scale
+            return f, f"EXIF FocalLength={float(fmm):g} mm, FocalPlaneXResolution={float(xres):g}/unit {int(unit)}"
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
 def _webp_chunk(data: Any, want: bytes) -> bytes | None:
     n = min(len(data), 8 + int.from_bytes(bytes(data[4:8]), "little"))
     i = 12

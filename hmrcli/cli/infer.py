@@ -52,7 +52,11 @@ def infer(
     mesh_format: Annotated[str, typer.Option("--mesh-format", help="Comma-separated: obj, ply.")] = "obj",
     mesh_frame: Annotated[str, typer.Option("--mesh-frame", help="camera: vertices in the camera frame (default); "
                           "model: body-model output before the camera translation.")] = "camera",
-    focal: Annotated[Optional[float], typer.Option(help="Focal length in pixels (default sqrt(W^2 + H^2)).")] = None,
+    focal: Annotated[Optional[float], typer.Option(help="Focal length in pixels for every image (default: the photo's "
+                     "EXIF focal length when it has one, else sqrt(W^2 + H^2)).")] = None,
+    exif_focal: Annotated[bool, typer.Option("--exif-focal/--no-exif-focal", help="Use the photo's EXIF focal length "
+                          "(FocalLengthIn35mmFilm, or FocalLength with the focal-plane resolution) when --focal is "
+                          "not given.")] = True,
     aggregation: Annotated[Optional[str], typer.Option(help="code (RoI 0, default) or paper (mean fused feature).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every image, also those already finished with "
                          "the same settings (finished images made with other settings are redone anyway).")] = False,
@@ -143,6 +147,7 @@ def infer(
                                         quiet=quiet, shard=shard, frame_stride=frame_stride)
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
                         checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay,
+                        exif_focal=exif_focal,
                         workers=workers if workers is not None else min(4, os.cpu_count() or 1))
     try:
         out.mkdir(parents=True, exist_ok=True)
