@@ -150,6 +150,7 @@ class FitOptions:
     body_iters: int = 10
     optimize_shape: bool = True
     min_depth: float = 0.3  # metres: keypoints closer to the camera plane are penalised
+    wide_min_conf: float = 0.8  # landmarks below this confidence sit out the wide-scale stages
 
 
 @dataclass
@@ -344,11 +345,14 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
         r2 = (uv - kp2) / box
         n2 = (r2 ** 2).sum(-1, keepdim=True)
         s2 = wts[4] ** 2
-        res2 = (o.w2d ** 0.5) * (cf2 * jmask)[:, None] * r2 * torch.sqrt(s2 / (s2 + n2))
+        # while the robust scale is wide, only confident landmarks pull (BlazePose places cut-off
+        # limbs inside the picture with middling visibility; they join once outliers are cheap)
+        sure = (cf2 >= o.wide_min_conf) | (wts[4] <= o.sigma2d)
+        res2 = (o.w2d ** 0.5) * (cf2 * jmask * sure)[:, None] * r2 * torch.sqrt(s2 / (s2 + n2))
         d = (kp - 0.5 * (kp[_LHIP] + kp[_RHIP])) - (k3 - 0.5 * (k3[_LHIP] + k3[_RHIP]))
         n3 = (d ** 2).sum(-1, keepdim=True)
         s3 = (wts[4] * o.sigma3d / o.sigma2d) ** 2
-        res3 = (o.w3d ** 0.5) * (cf3 * jmask)[:, None] * d * torch.sqrt(s3 / (s3 + n3))
+        res3 = (o.w3d ** 0.5) * (cf3 * jmask * sure)[:, None] * d * torch.sqrt(s3 / (s3 + n3))
         # keep every keypoint in front of the camera (the robust 2D term saturates, so
         # without this a body behind the camera could look cheap)
         front = 10.0 * torch.relu(o.min_depth - pc[:, 2])
