@@ -33,7 +33,7 @@ import numpy as np
 
 from hmrcli.body.safe_pickle import UnsafePickleError, _SmplUnpickler, _to_plain
 
-__all__ = ["Sample", "DatasetError", "read_spin_npz", "read_3dpw_sequences", "load_dataset",
+__all__ = ["Sample", "DatasetError", "load_npz_arrays", "read_spin_npz", "read_3dpw_sequences", "load_dataset",
            "load_sequence_pickle", "DATASET_FILES"]
 
 DATASET_FILES = {"3dpw": "3dpw_test.npz", "h36m": "h36m_valid_protocol2.npz"}
@@ -82,13 +82,16 @@ def _sequence_of(imgname: str, dataset: str) -> str:
     return p.parent.name or p.stem
 
 
-def read_spin_npz(path: str | os.PathLike, dataset: str = "3dpw", image_root: str | os.PathLike | None = None) -> list[Sample]:
-    """Read a SPIN-style ``3dpw_test.npz`` or ``h36m_valid_protocol2.npz`` (see module docs).
-    Image paths are ``image_root / imgname`` (default: the npz's folder)."""
+def load_npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of a SPIN/CLIFF ``.npz`` (``allow_pickle=False``), checked for the box keys
+    ``imgname``, ``center``, ``scale``.
+
+    Raises:
+        DatasetError: missing file, pickled object arrays, or a box key missing.
+    """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: no such file (the SPIN data release's {DATASET_FILES.get(dataset, '*.npz')})")
-    root = Path(image_root) if image_root is not None else path.parent
+        raise DatasetError(f"{path}: no such dataset file")
     try:
         with np.load(path, allow_pickle=False) as z:
             d = {k: z[k] for k in z.files}
@@ -100,6 +103,17 @@ def read_spin_npz(path: str | os.PathLike, dataset: str = "3dpw", image_root: st
     for k in ("imgname", "center", "scale"):
         if k not in d:
             raise DatasetError(f"{path}: missing field {k!r} (fields: {sorted(d)})")
+    return d
+
+
+def read_spin_npz(path: str | os.PathLike, dataset: str = "3dpw", image_root: str | os.PathLike | None = None) -> list[Sample]:
+    """Read a SPIN-style ``3dpw_test.npz`` or ``h36m_valid_protocol2.npz`` (see module docs).
+    Image paths are ``image_root / imgname`` (default: the npz's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file (the SPIN data release's {DATASET_FILES.get(dataset, '*.npz')})")
+    root = Path(image_root) if image_root is not None else path.parent
+    d = load_npz_arrays(path)
     names = _strings(d["imgname"])
     n = len(names)
     pose = d.get("pose")

@@ -127,7 +127,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from hmrcli import geometry as G
-from hmrcli.bench.datasets import DatasetError
+from hmrcli.bench.datasets import DatasetError, load_npz_arrays
 
 __all__ = [
     "SPIN24_NAMES",
@@ -395,26 +395,13 @@ def _strings(arr: np.ndarray) -> list[str]:
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of a SPIN/CLIFF ``.npz`` (``allow_pickle=False``), checked for the box keys.
+    """All arrays of a SPIN/CLIFF ``.npz`` (``allow_pickle=False``), checked for the box keys
+    (:func:`hmrcli.bench.datasets.load_npz_arrays`).
 
     Raises:
         DatasetError: missing file, pickled object arrays, or no ``imgname``/``center``/``scale``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such dataset file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
-    except ValueError as e:
-        raise DatasetError(
-            f"{path}: holds pickled object arrays, which hmrcli does not load ({e}); store strings as "
-            "plain arrays, e.g. np.savez(out, imgname=np.array(list(imgname), dtype=str), ...)"
-        ) from e
-    for k in ("imgname", "center", "scale"):
-        if k not in d:
-            raise DatasetError(f"{path}: missing field {k!r} (fields: {sorted(d)})")
-    return d
+    return load_npz_arrays(path)
 
 
 def _field(d: Mapping[str, np.ndarray], keys: Sequence[str], n: int, shape: tuple[int, ...],
