@@ -64,6 +64,7 @@ import numpy as np
 from hmrcli._version import __version__
 from hmrcli.engine.regress import PersonBox, PersonEstimate
 from hmrcli.export.writers import atomic_write_bytes, atomic_write_text, mesh_bytes, npz_bytes
+from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
 from hmrcli.records import batch_exit_code, error_record
 from hmrcli.sources import ImageReadError, ImageSource, read_image
 
@@ -96,6 +97,8 @@ class InferOptions:
     mesh_frame: str = "camera"  # "camera" | "model"
     focal: float | None = None  # pixels; None: EXIF (when exif_focal) else sqrt(W^2 + H^2)
     exif_focal: bool = True  # use the photo's EXIF focal length when --focal is not given
+    principal_point: tuple[float, float] | None = None  # pixels (--principal-point); None: the image centre
+    intrinsics: Any = None  # hmrcli.intrinsics.IntrinsicsTable (--intrinsics FILE): wins over the above
     overwrite: bool = False
     checkpoint: str = ""
     images_per_step: int = 8  # images per engine.run (also: per detector call)
@@ -115,6 +118,8 @@ class InferSummary:
     seconds: float = 0.0
     interrupted: str | None = None  # "SIGINT", "SIGTERM", ... when the run was stopped
     redone: int = 0  # images that had results made with other settings (or none recorded), redone
+    no_person: int = 0  # images done with no person found by the detector (recorded, exit status unchanged)
+    persons_failed: int = 0  # persons found but not reconstructed (no landmarks, unusable box, ...)
     errors: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -133,7 +138,8 @@ class InferSummary:
     def to_json(self) -> dict[str, Any]:
         return {"schema": "hmrcli.summary/1", "command": "infer", "images": self.images, "done": self.done,
                 "skipped": self.skipped, "failed": self.failed, "remaining": self.remaining,
-                "redone": self.redone, "persons": self.persons, "seconds": round(self.seconds, 3),
+                "redone": self.redone, "persons": self.persons, "no_person": self.no_person,
+                "persons_failed": self.persons_failed, "seconds": round(self.seconds, 3),
                 "interrupted": self.interrupted, "exit_code": self.exit_code}
 
 
@@ -357,6 +363,8 @@ def run_settings(engine: Any, opts: InferOptions, detector: Any = None, boxes: A
         "max_persons": opts.max_persons,
         "focal": opts.focal,
         "exif_focal": bool(opts.exif_focal),
+        "principal_point": list(opts.principal_point) if opts.principal_point is not None else None,
+        "intrinsics_sha256": getattr(opts.intrinsics, "digest", None),
         "mesh_formats": list(opts.mesh_formats),
         "mesh_frame": opts.mesh_frame,
         "overlay": bool(opts.overlay),
@@ -418,7 +426,9 @@ def _remove_stale(d: Path, keep: set[str]) -> None:
 
 def camera_record(est: PersonEstimate, index: int, image_path: str, engine: Any,
                   mesh_frame: str, focal_source: str) -> dict[str, Any]:
-    """The ``hmrcli.camera/1`` record of one person (see docs/schemas)."""
+    """The ``hmrcli.camera/1`` record of one person (see docs/schemas). ``focal_source``:
+    where K came from (``--intrinsics FILE (entry)``, ``--focal``, EXIF, default; plus the
+    principal point's origin), also recorded as ``K_source``."""
     w, h = est.image_wh
     if mesh_frame == "camera":
         mesh_R, mesh_t = np.eye(3), np.zeros(3)
@@ -435,6 +445,8 @@ def camera_record(est: PersonEstimate, index: int, image_path: str, engine: Any,
         "t": est.cam_t.tolist(),
         "focal_px": est.focal,
         "focal_source": focal_source,
+        "K_source": focal_source,
+        "principal_point_px": [float(est.K[0, 2]), float(est.K[1, 2])],
         "mesh": {"frame": mesh_frame, "R": mesh_R.tolist(), "t": np.asarray(mesh_t).tolist(),
                  "note": "X_camera = mesh.R @ X_file + mesh.t for the vertices in the mesh files"},
         "person": {
@@ -608,19 +620,25 @@ def _legacy_items(sources: Iterable[ImageSource], boxes: dict[str, list[dict[str
         yield DetectedImage(src, image, w, h, dets)
 
 
-def _focal_for(src: ImageSource, image: np.ndarray, opts: InferOptions) -> tuple[float | None, str]:
-    """The focal length (pixels) for one image and where it came from: ``--focal``, the
-    photo's EXIF (files only, not video frames), or None = the default sqrt(W^2 + H^2)."""
+def _camera_for(src: ImageSource, image: np.ndarray, opts: InferOptions) -> CameraIntrinsics:
+    """The camera of one image and where it came from: ``--intrinsics FILE`` (its entry for
+    the image, else its default K; raises IntrinsicsError when it has neither), else
+    ``--focal`` / the photo's EXIF focal length (files only, not video frames) / the default
+    sqrt(W^2 + H^2), with ``--principal-point`` or the image centre."""
+    if opts.intrinsics is not None:
+        return opts.intrinsics.lookup(src.path)
+    pp = opts.principal_point
+    pp_note = f", principal point --principal-point {pp[0]:g},{pp[1]:g}" if pp is not None else ""
     if opts.focal:
-        return float(opts.focal), "--focal"
+        return CameraIntrinsics(float(opts.focal), pp, "--focal" + pp_note)
     if opts.exif_focal and getattr(src, "video", None) is None:
         from hmrcli.sources import exif_focal_px
 
         h, w = image.shape[:2]
         got = exif_focal_px(src.path, w, h)
         if got is not None:
-            return got
-    return None, "default sqrt(W^2 + H^2)"
+            return CameraIntrinsics(float(got[0]), pp, got[1] + pp_note)
+    return CameraIntrinsics(None, pp, "default sqrt(W^2 + H^2)" + pp_note)
 
 
 @dataclass
@@ -635,7 +653,8 @@ class _Job:
     indices: list[int]
     notes: list[str]
     image: np.ndarray | None
-    focal_source: str = "default sqrt(W^2 + H^2)"
+    camera: CameraIntrinsics | None = None
+    found_by: str = "detector"  # what looked for the persons (named in a "no person found" problem)
 
 
 #: smallest person box reconstructed, in pixels (width and height)
@@ -668,6 +687,11 @@ class _Loader(threading.Thread):
         super().__init__(name="hmrcli-loader", daemon=True)
         self.todo, self.engine, self.opts, self.detector, self.boxes, self.halt = todo, engine, opts, detector, boxes, halt
         self.queue: queue.Queue = queue.Queue(maxsize=max(2, 2 * int(opts.images_per_step)))
+        if detector is not None:
+            label = getattr(detector, "detector_label", None) or getattr(detector, "name", type(detector).__name__)
+            self.found_by = f"detector {label}"
+        else:
+            self.found_by = "the boxes given" if boxes is not None else "whole-image"
 
     def put(self, msg: tuple) -> bool:
         while not self.halt.is_set():
@@ -704,14 +728,20 @@ class _Loader(threading.Thread):
                     if not self.put(("error", src, "crop", "; ".join(notes))):
                         break
                     continue
-                focal, focal_source = _focal_for(src, item.image, opts)
                 try:
-                    prepared = self.engine.prepare(item.image, persons, focal)
+                    camera = _camera_for(src, item.image, opts)
+                except IntrinsicsError as e:
+                    if not self.put(("error", src, "camera", f"{src.path}: {e}")):
+                        break
+                    continue
+                try:
+                    prepared = self.engine.prepare(item.image, persons, camera.focal, camera.principal)
                 except Exception as e:
                     if not self.put(("error", src, "crop", f"{src.path}: {type(e).__name__}: {e}")):
                         break
                     continue
-                job = _Job(src, prepared, persons, indices, notes, item.image if opts.overlay else None, focal_source)
+                job = _Job(src, prepared, persons, indices, notes, item.image if opts.overlay else None, camera,
+                           self.found_by)
                 if not self.put(("item", job)):
                     break
                 del item, prepared, job  # hold nothing while waiting for the next image
@@ -820,7 +850,10 @@ def run_inference(
         nonlocal run_line_written
         src, image = job.src, job.image
         d = out / src.name
-        problems = job.notes + [why for why in job.prepared.get("problems", []) if why]
+        staged = [("crop", n) for n in job.notes] + [("landmarks", why) for why in job.prepared.get("problems", []) if why]
+        if not job.persons and not job.notes:
+            staged.insert(0, ("detect", f"{src.path}: no person found ({job.found_by})"))
+        problems = [m for _, m in staged]
         kept = [(job.indices[j], est) for j, est in enumerate(ests) if est is not None]
         files: list[str] = []
         try:
@@ -829,7 +862,8 @@ def run_inference(
             except FileNotFoundError:
                 pass
             for k, est in kept:
-                _write_person(d, k, est, src, engine, opts, files, job.focal_source)
+                _write_person(d, k, est, src, engine, opts, files,
+                              job.camera.source if job.camera is not None else "default sqrt(W^2 + H^2)")
             if opts.overlay and image is not None:
                 files.append(_write_overlay(d, image, [est for _, est in kept], engine.body.faces))
             atomic_write_text(d / "result.json", json.dumps({
@@ -852,12 +886,15 @@ def run_inference(
             run_line_written = True
         man.append({"kind": "image", "name": src.name, "image": str(src.path), "settings_id": sid,
                     "input": fps.get(src.name), "persons": len(kept), "files": files})
-        for k, why in enumerate(problems):
-            rec = error_record(str(src.path), "crop" if k < len(job.notes) else "landmarks", why)
+        for stage, why in staged:
+            rec = error_record(str(src.path), stage, why)
             _append_error(out, rec)
             emit({"event": "warning", **rec, "name": src.name})
         summ.done += 1
         summ.persons += len(kept)
+        summ.persons_failed += len(job.notes) + len(job.persons) - len(kept)
+        if not job.persons and not job.notes:
+            summ.no_person += 1
         emit({"event": "done", "file": str(src.path), "name": src.name, "persons": len(kept), "out": str(d)})
 
     def run_batch(batch: list[_Job]) -> None:

@@ -13,9 +13,9 @@ import typer
 
 DETECTOR_HELP = (
     "Person detector: auto (mmdet when installed with a checkpoint, else mediapipe), "
-    "mmdet (MMDetection, every person), mediapipe (BlazePose, offline: finds only ONE person "
-    "per image, the most prominent), boxes (read --boxes FILE), whole-image (each image is one "
-    "person filling it, for pre-cropped person images)."
+    "mmdet (MMDetection, every person), mediapipe (BlazePose, offline, no weights to fetch: every "
+    "person whose head is in view, at least --min-height px tall), boxes (read --boxes FILE), whole-image "
+    "(each image is one person filling it, for pre-cropped person images)."
 )
 
 DetectorOpt = Annotated[str, typer.Option("--detector", "-d", help=DETECTOR_HELP, rich_help_panel="Detection")]
@@ -248,8 +248,9 @@ def detect(
     hmrcli.detections/1: path, name, width, height, and per person box_xyxy in pixels, score,
     class, detector; docs/records.md). The detector that runs is named on stderr.
 
-    Note: mediapipe, the offline default when no MMDetection checkpoint is installed, finds
-    only ONE person per image.
+    mediapipe, the offline default when no MMDetection checkpoint is installed, finds every
+    person whose head is in view. Images where nobody is found get an empty person list and
+    are counted on stderr.
 
     Exit status: 0 all images done, 1 some failed (named on stderr), 2 all failed or bad usage."""
     from hmrcli.detect import detect_sources

@@ -57,6 +57,12 @@ def infer(
     exif_focal: Annotated[bool, typer.Option("--exif-focal/--no-exif-focal", help="Use the photo's EXIF focal length "
                           "(FocalLengthIn35mmFilm, or FocalLength with the focal-plane resolution) when --focal is "
                           "not given.")] = True,
+    principal_point: Annotated[Optional[str], typer.Option("--principal-point", metavar="CX,CY", help="Principal point "
+                               "in pixels for every image (default: the image centre).")] = None,
+    intrinsics: Annotated[Optional[Path], typer.Option("--intrinsics", metavar="FILE", help="Calibrated cameras: a "
+                          'JSON file {"K": 3x3} for all images and/or {"images": {PATH: {"K": 3x3}}} per image '
+                          "(pixels). Overrides --focal, --principal-point and EXIF; an image it does not cover is "
+                          "an error. Format: docs/output.md.")] = None,
     aggregation: Annotated[Optional[str], typer.Option(help="code (RoI 0, default) or paper (mean fused feature).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every image, also those already finished with "
                          "the same settings (finished images made with other settings are redone anyway).")] = False,
@@ -76,7 +82,7 @@ def infer(
     """Reconstruct every person: mesh (.obj/.ply), camera JSON (hmrcli.camera/1) and
     parameters (.npz) per person under OUT/<image name>/ (+ overlay.png with --overlay).
     Without a regressor checkpoint the fitting engine runs (offline). Persons come from a detector
-    (--detector, named on stderr; mediapipe finds only ONE person per image) or from
+    (--detector, named on stderr; offline: mediapipe, every person whose head is in view) or from
     --boxes FILE ('-' = stdin, e.g. `hmrcli detect IMAGES | hmrcli infer --boxes - ...`).
 
     Re-runs skip images already finished with the same settings (OUT/manifest.jsonl) and redo
@@ -91,6 +97,7 @@ def infer(
     from hmrcli.engine.regress import RegressionEngine
     from hmrcli.detect import DetectorUnavailable
     from hmrcli.nn.checkpoints import CheckpointError
+    from hmrcli.intrinsics import IntrinsicsError, load_intrinsics, parse_principal_point
     from hmrcli.pipeline import SIGNAL_EXIT_CODES, InferOptions, StopRequest, run_inference
 
     as_json = want_json(json_out)
@@ -143,11 +150,21 @@ def infer(
         stderr.print(f"note: the checkpoint regresses {eng.betas_space} betas, which mean nothing to the "
                      f"{body.info.name} body model: meshes use its mean shape (the betas are still saved).",
                      markup=False, highlight=False)
+    try:
+        table = load_intrinsics(intrinsics) if intrinsics is not None else None
+        pp = parse_principal_point(principal_point) if principal_point is not None else None
+    except IntrinsicsError as e:
+        stderr.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    if table is not None and (focal or pp is not None):
+        stderr.print("error: --intrinsics gives the whole camera: leave out --focal and --principal-point",
+                     markup=False, highlight=False)
+        raise typer.Exit(2)
     det, sources = detector_and_sources(images, detector, boxes, det_score, det_config, det_checkpoint, device,
                                         quiet=quiet, shard=shard, frame_stride=frame_stride)
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
                         checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay,
-                        exif_focal=exif_focal,
+                        exif_focal=exif_focal, principal_point=pp, intrinsics=table,
                         workers=workers if workers is not None else min(4, os.cpu_count() or 1))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -316,6 +333,9 @@ class _Reporter:
         elif not self.quiet or summary.interrupted:
             line = (f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed, "
                     f"{summary.persons} persons in {summary.seconds:.1f} s -> {out}")
+            if summary.no_person or summary.persons_failed:
+                line += (f"\n{summary.no_person} image(s) with no person found, {summary.persons_failed} person(s) "
+                         f"found but not reconstructed (see {out}/errors.jsonl)")
             if summary.interrupted:
                 line += (f"\ninterrupted ({summary.interrupted}): {summary.remaining} image(s) left; run the same "
                          "command again to finish them")

@@ -3,11 +3,13 @@
 Backends (``--detector``), imported only when used:
 
 * ``mmdet`` -- an MMDetection detector (needs mmdet + mmcv and a checkpoint); many people.
-* ``mediapipe`` -- MediaPipe BlazePose (mediapipe 0.10.21), offline, ONE person per image.
+* ``mediapipe`` -- MediaPipe BlazePose (mediapipe 0.10.21), offline: every person whose head is
+  in view (BlazePose's person detector on the image and on overlapping tiles, a landmark pass
+  per candidate, duplicates merged); ``multi=False`` gives MediaPipe's one-person behaviour.
 * ``boxes`` -- boxes read from a file (``hmrcli detect`` JSON lines or COCO annotations).
 * ``whole-image`` -- the whole image is one person (pre-cropped person images).
 
-``auto`` picks mmdet when it is installed with a checkpoint, else mediapipe.
+``auto`` picks mmdet when it is installed with a checkpoint, else mediapipe (the offline default).
 
 >>> from hmrcli.detect import create_detector, detect_sources     # doctest: +SKIP
 >>> det = create_detector("auto", score_thr=0.5)                   # doctest: +SKIP
@@ -51,7 +53,8 @@ DETECTORS: dict[str, _Backend] = {
     "mmdet": _Backend("hmrcli.detect.mmdet_backend", "MMDetDetector",
                       "MMDetection person detector (mmdet + mmcv and a checkpoint); finds every person"),
     "mediapipe": _Backend("hmrcli.detect.mediapipe_backend", "MediaPipeDetector",
-                          "MediaPipe BlazePose, offline; finds ONE person per image (the most prominent)"),
+                          "MediaPipe BlazePose, offline, no weights to fetch; finds every person whose head is "
+                          "in view (tiled person detector + a landmark pass per person)"),
     "boxes": _Backend("hmrcli.detect.boxes_backend", "BoxesDetector",
                       "boxes read from a file: hmrcli detect JSON lines or COCO annotations"),
     "whole-image": _Backend("hmrcli.detect.whole_image", "WholeImageDetector",
@@ -107,7 +110,7 @@ def create_detector(name: str, **opts: Any) -> Detector:
 
 
 def default_detector(**opts: Any) -> Detector:
-    """mmdet when it is installed with a checkpoint, else mediapipe (one person per image).
+    """mmdet when it is installed with a checkpoint, else mediapipe (every person, offline).
     The returned detector's ``auto_skipped`` attribute says why better ones were not used.
     Raises DetectorUnavailable listing why each failed."""
     why: list[str] = []

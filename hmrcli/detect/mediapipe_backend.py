@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from hmrcli.detect.base import Detection, DetectorUnavailable
@@ -40,6 +41,10 @@ _MODEL_FILES = ("modules/pose_detection/pose_detection.tflite", "modules/pose_la
                 "modules/pose_landmark/pose_landmark_cpu.binarypb")
 # BlazePose landmark indices
 _L_SHOULDER, _R_SHOULDER, _L_HIP, _R_HIP = 11, 12, 23, 24
+#: landmark model name -> MediaPipe's model_complexity
+LANDMARK_MODELS = {"full": 1, "heavy": 2}
+#: body landmarks compared when deciding whether two results are the same person
+_BODY = (0, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
 
 
 def mediapipe_problem() -> str | None:
@@ -95,6 +100,48 @@ def blazepose_box(res: BlazePoseResult, image_wh: tuple[int, int], pad: float = 
     return box
 
 
+def _torso(res: BlazePoseResult) -> float:
+    lm = res.landmarks
+    t = float(np.linalg.norm((lm[_L_SHOULDER] + lm[_R_SHOULDER]) / 2 - (lm[_L_HIP] + lm[_R_HIP]) / 2))
+    return t if np.isfinite(t) and t > 0 else 1.0
+
+
+def same_person(a: BlazePoseResult, b: BlazePoseResult, frac: float = 0.25, iou: float = 0.6) -> bool:
+    """Whether two BlazePose results show the same person: their body landmarks lie within
+    ``frac`` torso lengths of each other (median over the landmarks both see), or their
+    landmark boxes overlap by more than ``iou``."""
+    idx = list(_BODY)
+    both = (a.visibility[idx] > 0.5) & (b.visibility[idx] > 0.5)
+    sel = np.array(idx)[both] if both.sum() >= 3 else np.array(idx)
+    d = float(np.median(np.linalg.norm(a.landmarks[sel] - b.landmarks[sel], axis=1)))
+    if d < frac * max(_torso(a), _torso(b)):
+        return True
+    return _box_iou(np.r_[a.landmarks.min(0), a.landmarks.max(0)], np.r_[b.landmarks.min(0), b.landmarks.max(0)]) > iou
+
+
+def _same_as_any(res: BlazePoseResult, found: list, box: np.ndarray | None = None) -> bool:
+    return any(same_person(res, r) or (box is not None and _box_iou(box, b) > 0.6) for r, b in found)
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = lambda x: max(0.0, x[2] - x[0]) * max(0.0, x[3] - x[1])  # noqa: E731
+    return inter / max(area(a) + area(b) - inter, 1e-9)
+
+
+def _hull(res: BlazePoseResult) -> np.ndarray:
+    """The convex hull of a person's landmarks and head top, grown by 0.15 torso lengths
+    (the region greyed out to look for someone else)."""
+    pts = np.concatenate([res.landmarks, res.head_top[None]]).astype(np.float32)
+    hull = cv2.convexHull(pts)[:, 0, :].astype(np.float64)
+    c = hull.mean(0)
+    d = hull - c
+    n = np.linalg.norm(d, axis=1, keepdims=True)
+    return c + d * (1.0 + 0.15 * _torso(res) / np.maximum(n, 1e-9))
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr(enabled: bool):
     """Silence the one-time C++ log lines (TFLite/absl) that MediaPipe writes straight to
@@ -123,33 +170,65 @@ def _quiet_native_stderr(enabled: bool):
 
 
 class MediaPipeDetector:
-    """BlazePose person boxes. ONE person per image (the most prominent one).
+    """BlazePose person boxes: every person (default) or only the most prominent one.
+
+    Every person (``multi=True``): BlazePose's person detector runs on the whole image and on
+    overlapping tiles (:class:`hmrcli.detect.blazepose_ssd.BlazePoseSSD`); each candidate
+    gets a landmark pass on a crop around it (the one-person graph, which re-detects the
+    person inside the crop); results of the same person are merged (shared landmarks or
+    overlapping boxes); a candidate whose crop yields a person found already is retried with
+    the found persons greyed out. Persons shorter than ``min_height`` pixels are dropped.
 
     Args:
         score_thr: minimum person-detector score (MediaPipe's ``min_detection_confidence``).
         landmark_thr: minimum landmark-network presence score (``min_tracking_confidence``).
         pad: box padding around the landmarks, in torso lengths.
+        multi: find every person (False: MediaPipe's own one-person behaviour).
+        min_height: smallest person kept, landmark-box height in pixels (multi only).
+        person_thr: a person is kept when the detection score of its landmark pass (the
+            one-person graph on the crop around it) reaches this (multi only; measured on
+            the sample photos: people 0.61-0.98, a dog 0.54).
+        landmark_model: ``full`` (in the mediapipe 0.10.21 wheel) or ``heavy`` (BlazePose
+            GHUM Heavy, :mod:`hmrcli.detect.blazepose_models`).
         quiet: hide MediaPipe's native start-up log lines on stderr.
     Raises:
-        DetectorUnavailable: mediapipe missing, or a release without the BlazePose models.
+        DetectorUnavailable: mediapipe missing, a release without the BlazePose models, the
+            TFLite runtime missing (multi), or the heavy model not installed.
     """
 
     name = "mediapipe"
-    one_person_per_image = True
-    detector_label = "mediapipe:blazepose-full"
 
-    def __init__(self, score_thr: float = 0.5, landmark_thr: float = 0.5, pad: float = 0.1, quiet: bool = True) -> None:
+    def __init__(self, score_thr: float = 0.5, landmark_thr: float = 0.5, pad: float = 0.1, quiet: bool = True,
+                 multi: bool = True, min_height: float = 40.0, landmark_model: str = "full",
+                 person_thr: float = 0.6) -> None:
         problem = mediapipe_problem()
         if problem:
             raise DetectorUnavailable(problem)
         if not 0.0 <= score_thr <= 1.0 or not 0.0 <= landmark_thr <= 1.0:
             raise ValueError(f"score thresholds must be in [0, 1], got {score_thr}, {landmark_thr}")
+        if landmark_model not in LANDMARK_MODELS:
+            raise ValueError(f"unknown landmark model {landmark_model!r}: use {', '.join(LANDMARK_MODELS)}")
+        if landmark_model == "heavy":
+            from hmrcli.detect.blazepose_models import ensure_landmark_model
+
+            ensure_landmark_model("heavy")
         self.score_thr = float(score_thr)
         self.landmark_thr = float(landmark_thr)
         self.pad = float(pad)
         self.quiet = quiet
+        self.multi = bool(multi)
+        self.min_height = float(min_height)
+        self.person_thr = float(person_thr)
+        self.landmark_model = landmark_model
+        self.one_person_per_image = not self.multi
+        self.detector_label = f"mediapipe:blazepose-{landmark_model}" + ("" if self.multi else ":single")
         self._graph = None
         self._first = True
+        self._ssd = None
+        if self.multi:
+            from hmrcli.detect.blazepose_ssd import BlazePoseSSD
+
+            self._ssd = BlazePoseSSD(min_score=self.score_thr)
 
     def _build(self):
         try:
@@ -161,7 +240,7 @@ class MediaPipeDetector:
             # The Pose solution's graph, also asking for its person-detection output.
             graph = SolutionBase(
                 binary_graph_path=mp_pose._BINARYPB_FILE_PATH,
-                side_inputs={"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
+                side_inputs={"model_complexity": LANDMARK_MODELS[self.landmark_model], "smooth_landmarks": False, "enable_segmentation": False,
                              "smooth_segmentation": False, "use_prev_landmarks": False},
                 calculator_params={
                     "posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": self.score_thr,
@@ -201,10 +280,68 @@ class MediaPipeDetector:
     def detect(self, images: list[np.ndarray]) -> list[list[Detection]]:
         out: list[list[Detection]] = []
         for img in images:
-            res = self.pose(img)
-            box = None if res is None else blazepose_box(res, (img.shape[1], img.shape[0]), self.pad)
-            out.append([] if box is None else [Detection(box, res.score, self.detector_label)])
+            if self.multi:
+                found = self.people(img)
+            else:
+                res = self.pose(img)
+                box = None if res is None else blazepose_box(res, (img.shape[1], img.shape[0]), self.pad)
+                found = [] if box is None else [(res, box)]
+            out.append([Detection(box, res.score, self.detector_label) for res, box in found])
         return out
+
+    def pose_in(self, image: np.ndarray, box_cxcyb: np.ndarray, size: int = 384,
+                mask: list[np.ndarray] | None = None) -> BlazePoseResult | None:
+        """BlazePose on the square region ``(cx, cy, b)`` of ``image`` (resampled to
+        ``size`` pixels; outside the image is black), mapped back to full-image pixels.
+        ``mask``: polygons (full-image pixels) greyed out first."""
+        from hmrcli import geometry as G
+
+        aff = G.crop_affine(np.asarray(box_cxcyb, dtype=np.float64)[None], (size, size))[0]
+        crop = G.crop_image_np(image, aff, (size, size))
+        if mask:
+            for poly in mask:
+                pts = G.map_points(poly, aff)
+                cv2.fillPoly(crop, [np.round(pts).astype(np.int32)], (128, 128, 128))
+        res = self.pose(crop)
+        if res is None:
+            return None
+        inv = G.invert_affine(aff)
+        res.landmarks = G.map_points(res.landmarks, inv)
+        res.head_top = G.map_points(res.head_top[None], inv)[0]
+        res.face_xyxy = G.map_points(res.face_xyxy.reshape(2, 2), inv).reshape(4)
+        return res
+
+    def people(self, image: np.ndarray) -> list[tuple[BlazePoseResult, np.ndarray]]:
+        """Every person in an RGB uint8 image: (BlazePose result, box xyxy), best score first."""
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
+        h, w = img.shape[:2]
+        found: list[tuple[BlazePoseResult, np.ndarray]] = []
+        for cand in self._ssd(img):
+            region = np.array([*cand.centre, 2.5 * 1.2 * cand.radius])
+            if region[2] < 8:
+                continue
+            res = self.pose_in(img, region)
+            if res is not None and _same_as_any(res, found):
+                # the crop showed someone found already: look again without them
+                again = self.pose_in(img, region, mask=[_hull(r) for r, _ in found])
+                if again is not None and not _same_as_any(again, found):
+                    res = again
+            if res is None:
+                continue
+            box = blazepose_box(res, (w, h), self.pad)
+            if box is None or box[3] - box[1] < self.min_height or res.score < self.person_thr:
+                continue
+            dup = [k for k, (r, b) in enumerate(found) if same_person(res, r) or _box_iou(box, b) > 0.6]
+            if dup:  # the same person seen from two candidates: keep the better-scored view
+                k = dup[0]
+                if res.score > found[k][0].score:
+                    found[k] = (res, box)
+                continue
+            found.append((res, box))
+        found.sort(key=lambda rb: -rb[0].score)
+        return found
 
     def close(self) -> None:
         if self._graph is not None:

@@ -105,10 +105,14 @@ class RegressionEngine:
         }
 
     # -- preparation (numpy, CPU) ------------------------------------------------
-    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None) -> dict[str, np.ndarray]:
-        """Crops (N, M, h, w, 3) uint8, RoIs (N, M, 3), bbox_info (N, M, 3) for one RGB image."""
+    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
+                principal: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+        """Crops (N, M, h, w, 3) uint8, RoIs (N, M, 3), bbox_info (N, M, 3) for one RGB image.
+        ``focal`` (pixels; None: sqrt(W^2 + H^2)) and ``principal`` (cu, cv) pixels (None: the
+        image centre) enter bbox_info and the camera conversion."""
         h_img, w_img = image.shape[:2]
         f = float(focal) if focal else float(G.default_focal(w_img, h_img))
+        c = np.array(principal if principal is not None else (w_img / 2.0, h_img / 2.0), dtype=np.float64)
         cfg = self.cfg
         xyxy = np.stack([np.asarray(p.xyxy, dtype=np.float64) for p in persons]) if persons else np.zeros((0, 4))
         crop_boxes = G.box_from_xyxy(xyxy, aspect=cfg.aspect, rescale=cfg.box_rescale)
@@ -118,9 +122,9 @@ class RegressionEngine:
         for i in range(len(persons)):
             for m in range(cfg.num_rois):
                 crops[i, m] = G.crop_image_np(image, affines[i, m], cfg.crop_hw)
-        info = G.bbox_info(rois, (w_img, h_img), f)
+        info = G.bbox_info(rois, (w_img, h_img), f, c)
         return {"crops": crops, "crop_boxes": crop_boxes, "rois": rois, "bbox_info": info, "focal": np.full(len(persons), f),
-                "image_wh": np.tile([w_img, h_img], (len(persons), 1))}
+                "principal": np.tile(c, (len(persons), 1)), "image_wh": np.tile([w_img, h_img], (len(persons), 1))}
 
     # -- network + body model ----------------------------------------------------
     @torch.no_grad()
@@ -150,8 +154,9 @@ class RegressionEngine:
             rois = np.stack([prepared[i][0]["rois"][j] for i, j in chunk])
             img_wh = np.stack([prepared[i][0]["image_wh"][j] for i, j in chunk]).astype(np.float64)
             focal = np.array([prepared[i][0]["focal"][j] for i, j in chunk])
+            principal = np.stack([prepared[i][0]["principal"][j] for i, j in chunk])
             cams = net["cams"].cpu().double().numpy()
-            cam_t = G.local_to_full(cams[:, 0], rois[:, 0], img_wh, focal)
+            cam_t = G.local_to_full(cams[:, 0], rois[:, 0], img_wh, focal, principal=principal)
             betas = net["betas"]
             body_betas = betas if self.betas_applied else torch.zeros_like(betas)
             body_out = self.body(net["rotmats"].double(), body_betas.double())
@@ -165,7 +170,7 @@ class RegressionEngine:
                 results[i][j] = PersonEstimate(
                     box=prepared[i][1][j], crop_box=p["crop_boxes"][j], rois=rois[k], bbox_info=info[k],
                     cams_local=cams[k], rotmats=rot[k], betas=betas_np[k], betas_applied=self.betas_applied,
-                    cam_t=cam_t[k], K=G.intrinsics(focal[k], w, h), focal=float(focal[k]), image_wh=(w, h),
+                    cam_t=cam_t[k], K=G.intrinsics(focal[k], w, h, principal[k]), focal=float(focal[k]), image_wh=(w, h),
                     vertices_model=verts[k], joints_model=joints[k], extra={"engine": "regress"},
                 )
         return results  # type: ignore[return-value]

@@ -99,11 +99,15 @@ class FitEngine:
                         "num_rois": self.landmarker.num_rois, "w2d": o.w2d, "w3d": o.w3d,
                         "stages": ["camera"] + [f"body{k}" for k in range(len(o.body_stages))]}}
 
-    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None) -> dict[str, Any]:
+    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
+                principal: tuple[float, float] | None = None) -> dict[str, Any]:
+        """BlazePose landmarks of every person. ``focal`` pixels (None: sqrt(W^2 + H^2)),
+        ``principal`` (cu, cv) pixels (None: the image centre)."""
         h, w = image.shape[:2]
         f = float(focal) if focal else float(G.default_focal(w, h))
+        c = (float(principal[0]), float(principal[1])) if principal is not None else (w / 2.0, h / 2.0)
         lms, problems = _landmarks_for(self.landmarker, image, persons)
-        return {"landmarks": lms, "problems": problems, "focal": f, "image_wh": (w, h)}
+        return {"landmarks": lms, "problems": problems, "focal": f, "principal": c, "image_wh": (w, h)}
 
     def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]]) -> list[list[PersonEstimate | None]]:
         results: list[list[PersonEstimate | None]] = [[None] * len(p[1]) for p in prepared]
@@ -115,10 +119,12 @@ class FitEngine:
             for i, j in chunk:
                 p = prepared[i][0]
                 lm = p["landmarks"][j]
-                items.append((lm, G.intrinsics(p["focal"], *p["image_wh"]), float(lm.rois[0, 2])))
+                items.append((lm, G.intrinsics(p["focal"], *p["image_wh"], np.asarray(p["principal"])),
+                              float(lm.rois[0, 2])))
             fit = fit_bodies(self.kb, _targets(items), options=self.options, device=self.device)
             metas = [{"lm": prepared[i][0]["landmarks"][j], "image_wh": prepared[i][0]["image_wh"],
-                      "focal": prepared[i][0]["focal"], "box": prepared[i][1][j]} for i, j in chunk]
+                      "focal": prepared[i][0]["focal"], "principal": prepared[i][0]["principal"],
+                      "box": prepared[i][1][j]} for i, j in chunk]
             ests = _estimates(self.body, metas, fit, "fit")
             for (i, j), est in zip(chunk, ests):
                 results[i][j] = est
@@ -128,7 +134,7 @@ class FitEngine:
 def _estimates(body: BodyModel, metas: list[dict[str, Any]], fit, how: str,
                base: list[PersonEstimate] | None = None) -> list[PersonEstimate]:
     """PersonEstimates from a fit. metas[k]: {"lm": PersonLandmarks, "image_wh", "focal",
-    "box": PersonBox}; ``base``: the estimates a refinement started from."""
+    "principal", "box": PersonBox}; ``base``: the estimates a refinement started from."""
     out = body(torch.from_numpy(fit.rotmats), torch.from_numpy(fit.betas))
     verts, joints = out.vertices.numpy(), out.joints.numpy()
     ests = []
@@ -137,6 +143,7 @@ def _estimates(body: BodyModel, metas: list[dict[str, Any]], fit, how: str,
         w, h = m["image_wh"]
         f = float(m["focal"])
         wh = np.array([w, h], dtype=np.float64)
+        c = np.asarray(m.get("principal", (w / 2.0, h / 2.0)), dtype=np.float64)
         cam_t = fit.transl[k]
         extra: dict[str, Any] = {
             how: {"reproj_px": round(float(fit.reproj_px[k]), 3), "reproj_box": round(float(fit.reproj_box[k]), 5),
@@ -148,13 +155,13 @@ def _estimates(body: BodyModel, metas: list[dict[str, Any]], fit, how: str,
             box, crop_box, rois, info = prev.box, prev.crop_box, prev.rois, prev.bbox_info
         else:
             box, rois = m["box"], lm.rois
-            crop_box, info = rois[0].copy(), G.bbox_info(rois, wh, f)
+            crop_box, info = rois[0].copy(), G.bbox_info(rois, wh, f, c)
             extra["engine"] = "fit"
-        cams_local = G.full_to_local(np.broadcast_to(cam_t, (len(rois), 3)), rois, wh, f)
+        cams_local = G.full_to_local(np.broadcast_to(cam_t, (len(rois), 3)), rois, wh, f, principal=c)
         ests.append(PersonEstimate(
             box=box, crop_box=crop_box, rois=rois, bbox_info=info, cams_local=cams_local,
             rotmats=fit.rotmats[k], betas=fit.betas[k], betas_applied=True, cam_t=cam_t,
-            K=G.intrinsics(f, w, h), focal=f, image_wh=(int(w), int(h)), vertices_model=verts[k],
+            K=G.intrinsics(f, w, h, c), focal=f, image_wh=(int(w), int(h)), vertices_model=verts[k],
             joints_model=joints[k], extra=extra))
     return ests
 
@@ -199,8 +206,9 @@ class RefinedEngine:
                                    "landmarks as the pose stream; params are the unrefined estimate's")
         return d
 
-    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None) -> dict[str, Any]:
-        p = self.base.prepare(image, persons, focal)
+    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
+                principal: tuple[float, float] | None = None) -> dict[str, Any]:
+        p = self.base.prepare(image, persons, focal, principal)
         if "landmarks" not in p:
             p["landmarks"], p["problems"] = _landmarks_for(self.landmarker, image, persons)
         return p
@@ -235,7 +243,8 @@ class RefinedEngine:
                        betas=np.stack([e.betas if e.betas_applied else np.zeros_like(e.betas) for e in base]),
                        transl=np.stack([e.cam_t for e in base]))
         fit = fit_bodies(self.kb, _targets(items), init=init, options=self.options, device=self.device)
-        metas = [{"lm": lm, "image_wh": e.image_wh, "focal": e.focal, "box": e.box} for lm, e in zip(lms, base)]
+        metas = [{"lm": lm, "image_wh": e.image_wh, "focal": e.focal, "principal": (float(e.K[0, 2]), float(e.K[1, 2])),
+                  "box": e.box} for lm, e in zip(lms, base)]
         return _estimates(self.body, metas, fit, "refine_fit", base)
 
     def _refine_pchmr(self, chunk, prepared, base: list[PersonEstimate]) -> list[PersonEstimate]:

@@ -35,7 +35,7 @@ def _focal(img_wh: Array, focal: Array | None) -> Array:
     return focal
 
 
-def bbox_info(boxes: Array, img_wh: Array, focal: Array | None = None) -> Array:
+def bbox_info(boxes: Array, img_wh: Array, focal: Array | None = None, principal: Array | None = None) -> Array:
     """CLIFF ``bbox_info`` of boxes ``(cx, cy, b)``.
 
     Args:
@@ -45,16 +45,25 @@ def bbox_info(boxes: Array, img_wh: Array, focal: Array | None = None) -> Array:
             or a single (2,) size).
         focal: focal length in pixels, broadcastable to ``boxes[..., 0]``;
             ``None`` uses :func:`default_focal`.
+        principal: (..., 2) principal point ``(cu, cv)`` in pixels (broadcast like
+            ``img_wh``); ``None`` is the image centre. With a known principal point the
+            first two entries are ``(cx - cu) / f * 2.8`` and ``(cy - cv) / f * 2.8``: the
+            box's direction from the optical axis, which is what CLIFF encodes.
     Returns:
         (..., 3) encoded box information (dimensionless).
     """
-    boxes, img_wh, focal = as_arrays(boxes, img_wh, focal)
+    boxes, img_wh, focal, principal = as_arrays(boxes, img_wh, focal, principal)
     check_last_dim(boxes, 3, "boxes")
     check_last_dim(img_wh, 2, "img_wh")
     xp = namespace(boxes)
     f = _focal(img_wh, focal)
     k_xy, k_off, k_size = BBOX_INFO_CONSTANTS
-    x = (boxes[..., 0] - img_wh[..., 0] / 2.0) / f * k_xy
-    y = (boxes[..., 1] - img_wh[..., 1] / 2.0) / f * k_xy
+    if principal is None:
+        cu, cv = img_wh[..., 0] / 2.0, img_wh[..., 1] / 2.0
+    else:
+        check_last_dim(principal, 2, "principal")
+        cu, cv = principal[..., 0], principal[..., 1]
+    x = (boxes[..., 0] - cu) / f * k_xy
+    y = (boxes[..., 1] - cv) / f * k_xy
     s = (boxes[..., 2] - k_off * f) / (k_size * f)
     return xp.stack(broadcast(x, y, s), -1)

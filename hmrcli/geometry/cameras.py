@@ -93,15 +93,29 @@ def _focal(img_wh: Array, focal: Array | None) -> Array:
     return focal
 
 
-def intrinsics(focal: Array, img_w: Array, img_h: Array) -> Array:
-    """Pinhole intrinsics ``[[f, 0, W/2], [0, f, H/2], [0, 0, 1]]``, shape (..., 3, 3).
+def _centre(img_wh: Array, principal: Array | None) -> tuple[Array, Array]:
+    """The principal point ``(cu, cv)`` in pixels: ``principal[..., 0/1]`` when given, else
+    the image centre ``(W/2, H/2)``."""
+    if principal is None:
+        return img_wh[..., 0] / 2.0, img_wh[..., 1] / 2.0
+    return principal[..., 0], principal[..., 1]
 
-    ``focal``, ``img_w``, ``img_h`` (pixels) broadcast together; numpy or torch
-    (device/dtype follow the first floating tensor).
+
+def intrinsics(focal: Array, img_w: Array, img_h: Array, principal: Array | None = None) -> Array:
+    """Pinhole intrinsics ``[[f, 0, cu], [0, f, cv], [0, 0, 1]]``, shape (..., 3, 3).
+
+    ``focal``, ``img_w``, ``img_h`` (pixels) broadcast together; ``principal`` (..., 2)
+    pixels is the principal point ``(cu, cv)`` (default the image centre ``(W/2, H/2)``);
+    numpy or torch (device/dtype follow the first floating tensor).
     """
-    focal, img_w, img_h = as_arrays(focal, img_w, img_h)
+    focal, img_w, img_h, principal = as_arrays(focal, img_w, img_h, principal)
     xp = namespace(focal)
-    f, cu, cv = broadcast(focal, img_w / 2.0, img_h / 2.0)
+    if principal is None:
+        cu0, cv0 = img_w / 2.0, img_h / 2.0
+    else:
+        check_last_dim(principal, 2, "principal")
+        cu0, cv0 = principal[..., 0] + img_w * 0, principal[..., 1] + img_h * 0
+    f, cu, cv = broadcast(focal, cu0, cv0)
     z, o = f * 0, f * 0 + 1
     return xp.stack([xp.stack([f, z, cu], -1), xp.stack([z, f, cv], -1), xp.stack([z, z, o], -1)], -2)
 
@@ -112,6 +126,7 @@ def local_to_full(
     img_wh: Array,
     focal: Array | None = None,
     eps: float = CLIFF_EPS,
+    principal: Array | None = None,
 ) -> Array:
     """Local crop camera ``(s, tx, ty)`` -> full-camera translation ``(tX, tY, tZ)``.
 
@@ -123,18 +138,22 @@ def local_to_full(
         focal: focal length in pixels broadcastable to ``cam[..., 0]``;
             ``None`` uses ``sqrt(W^2 + H^2)``.
         eps: added to ``b s`` (CLIFF's 1e-9).
+        principal: (..., 2) principal point ``(cu, cv)`` in pixels, broadcastable like
+            ``img_wh``; ``None`` is the image centre ``(W/2, H/2)`` (CLIFF's assumption).
+            With a principal point ``c`` the conversion reads ``tX = tx + 2 (cx - cu) / bs``.
     Returns:
         (..., 3) translation of the body root in the camera frame (metres).
     """
-    cam, boxes, img_wh, focal = as_arrays(cam, boxes, img_wh, focal)
+    cam, boxes, img_wh, focal, principal = as_arrays(cam, boxes, img_wh, focal, principal)
     check_last_dim(cam, 3, "cam")
     check_last_dim(boxes, 3, "boxes")
     check_last_dim(img_wh, 2, "img_wh")
     xp = namespace(cam)
     f = _focal(img_wh, focal)
+    cu, cv = _centre(img_wh, principal)
     bs = boxes[..., 2] * cam[..., 0] + eps
-    tx = cam[..., 1] + 2.0 * (boxes[..., 0] - img_wh[..., 0] / 2.0) / bs
-    ty = cam[..., 2] + 2.0 * (boxes[..., 1] - img_wh[..., 1] / 2.0) / bs
+    tx = cam[..., 1] + 2.0 * (boxes[..., 0] - cu) / bs
+    ty = cam[..., 2] + 2.0 * (boxes[..., 1] - cv) / bs
     tz = 2.0 * f / bs
     return xp.stack(broadcast(tx, ty, tz), -1)
 
@@ -145,25 +164,27 @@ def full_to_local(
     img_wh: Array,
     focal: Array | None = None,
     eps: float = CLIFF_EPS,
+    principal: Array | None = None,
 ) -> Array:
     """Full-camera translation -> local camera ``(s, tx, ty)`` of each box.
 
     Exact inverse of :func:`local_to_full` (same ``eps``):
     ``s = (2 f / tZ - eps) / b`` and ``(tx, ty) = (tX, tY) - (c_box - c) tZ / f``
-    with ``c = (W/2, H/2)``.  Arguments broadcast
+    with ``c`` the principal point (default ``(W/2, H/2)``).  Arguments broadcast
     as in :func:`local_to_full`; e.g. ``t_full[..., None, :]`` with (..., M, 3)
     RoIs gives the M local cameras of one full camera.
     """
-    t_full, boxes, img_wh, focal = as_arrays(t_full, boxes, img_wh, focal)
+    t_full, boxes, img_wh, focal, principal = as_arrays(t_full, boxes, img_wh, focal, principal)
     check_last_dim(t_full, 3, "t_full")
     check_last_dim(boxes, 3, "boxes")
     check_last_dim(img_wh, 2, "img_wh")
     xp = namespace(t_full)
     f = _focal(img_wh, focal)
+    cu, cv = _centre(img_wh, principal)
     bs_eps = 2.0 * f / t_full[..., 2]  # = b s + eps
     s = (bs_eps - eps) / boxes[..., 2]
-    tx = t_full[..., 0] - 2.0 * (boxes[..., 0] - img_wh[..., 0] / 2.0) / bs_eps
-    ty = t_full[..., 1] - 2.0 * (boxes[..., 1] - img_wh[..., 1] / 2.0) / bs_eps
+    tx = t_full[..., 0] - 2.0 * (boxes[..., 0] - cu) / bs_eps
+    ty = t_full[..., 1] - 2.0 * (boxes[..., 1] - cv) / bs_eps
     return xp.stack(broadcast(s, tx, ty), -1)
 
 
