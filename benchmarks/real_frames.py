@@ -496,7 +496,8 @@ def score_outputs(body_cache: dict, frames: list[Frame], out: Path) -> dict[str,
         cam_file = d / "person_00.camera.json"
         if cam_file.is_file():
             cam = json.loads(cam_file.read_text())
-            r["K_source"] = cam.get("K_source") or cam.get("focal_source")
+            ks = cam.get("K_source") or cam.get("focal_source")
+            r["K_source"] = re.sub(r"\S*intrinsics\.json", "intrinsics.json", ks) if isinstance(ks, str) else ks
             lm = ((cam.get("estimate") or {}).get("landmarks") or {}).get("kp2d_px")
             if lm is not None:
                 lm = coco_limbs(np.asarray(lm, dtype=np.float64))
@@ -565,6 +566,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--draw-gt", help="write GT-projection check PNGs to this folder and exit")
     ap.add_argument("--frames", help="comma-separated substrings: keep only matching frames")
     a = ap.parse_args(argv)
+    t_start = time.perf_counter()
     if not a.data_root:
         ap.error("--data-root DIR is required (or set HMRCLI_REAL_FRAMES)")
     root = resolve_root(a.data_root)
@@ -666,6 +668,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             keep.mkdir(parents=True, exist_ok=True)
             for f in (boxes, intr_file):
                 shutil.copyfile(f, keep / f.name)
+    result["seconds_total"] = round(time.perf_counter() - t_start, 1)
     text = json.dumps(result, indent=1)
     print(text)
     if a.json_out:

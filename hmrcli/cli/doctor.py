@@ -76,6 +76,15 @@ def doctor(
     if smpl.get("how_to_get"):
         stdout.print(f"[dim]SMPL: {escape(smpl['how_to_get'])}[/dim]")
 
+    lms = rep.get("landmark_models", {})
+    if lms:
+        tab = Table(title="BlazePose landmark models (--landmarks)")
+        for c in ("model", "usable", "where / how to get it"):
+            tab.add_column(c)
+        for name, info in lms.items():
+            tab.add_row(name, _yes(info["usable"]), escape(info.get("where") or info.get("problem") or ""))
+        stdout.print(tab)
+
     ck = rep["checkpoints"]
     stdout.print(f"Checkpoints in {ck['folder']}: " + (", ".join(format_path(c["path"]) for c in ck["found"]) or "none"))
     if ck.get("registry"):
@@ -85,7 +94,10 @@ def doctor(
         for p in rep["problems"]:
             fix = f" -> {p['fix']}" if p.get("fix") else ""
             stdout.print(f"  - {escape(p['what'])}: {escape(p['problem'])}{escape(fix)}")
-    stdout.print("[green]ready[/green]" if rep["ok"] else "[red]not ready: see above[/red]")
+    d = rep.get("default_infer") or {}
+    what = f"the default `hmrcli infer` (engine {d.get('engine')}, detector {d.get('detector') or 'none'})"
+    stdout.print(f"[green]ready: {escape(what)} can run[/green]" if rep["ok"]
+                 else f"[red]not ready: {escape(what)} cannot run; see above[/red]")
 
 
 def register(app: typer.Typer) -> None:

@@ -41,6 +41,9 @@ def infer(
                       "(calibrate the mesh with BlazePose's 3D landmarks, PC-HMR).")] = "none",
     rois: Annotated[int, typer.Option("--rois", min=1, max=5, help="Fitting/refinement: BlazePose runs on this many "
                     "RoIs of each person and the landmark sets are fused (1 = a single crop).")] = 5,
+    landmarks: Annotated[str, typer.Option("--landmarks", help="Fitting/refinement: BlazePose landmark model, full "
+                         "(ships with mediapipe) or heavy (BlazePose GHUM Heavy, 27.7 MB: `make install-heavy` or "
+                         "`hmrcli weights fetch blazepose-heavy`).")] = "full",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write OUT/<image>/overlay.png: the "
                        "meshes rendered over the photo.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
@@ -123,6 +126,8 @@ def infer(
                      "`hmrcli weights list` (hmrcli doctor shows which are found), or use --engine fit.",
                      markup=False, highlight=False)
         raise typer.Exit(2)
+    if landmarks not in ("full", "heavy"):
+        raise typer.BadParameter("use full or heavy", param_hint="--landmarks")
     if engine == "fit" and refine == "fit":
         refine = "none"  # the fit engine already fits
     try:
@@ -134,11 +139,11 @@ def infer(
         else:
             from hmrcli.fit.engine import FitEngine
 
-            eng = FitEngine(body, device=dev, num_rois=rois, batch_size=batch_size)
+            eng = FitEngine(body, device=dev, num_rois=rois, batch_size=batch_size, landmark_model=landmarks)
         if refine != "none":
             from hmrcli.fit.engine import RefinedEngine
 
-            eng = RefinedEngine(eng, refine, num_rois=rois)
+            eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks)
     except DetectorUnavailable as e:
         stderr.print(f"error: the fitting engine needs MediaPipe's BlazePose (the [fit] extra; `make install-fit`): {e}",
                      markup=False, highlight=False)

@@ -79,14 +79,36 @@ def list_known(
 
 @weights_app.command("fetch")
 def fetch(
-    name: Annotated[str, typer.Argument(help="A name from `hmrcli weights list`.")],
+    name: Annotated[str, typer.Argument(help="A name from `hmrcli weights list`, or blazepose-heavy (the BlazePose "
+                                             "GHUM Heavy landmark model for --landmarks heavy).")],
     dest: Annotated[Optional[Path], typer.Option(help="Folder (default: the checkpoints folder).")] = None,
     timeout: Annotated[float, typer.Option(help="Network timeout in seconds.")] = 15.0,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    from_file: Annotated[Optional[Path], typer.Option("--from", help="blazepose-heavy: install from this .tflite file "
+                         "or npm tarball (`npm pack @mediapipe/pose@0.5.1675469404`) instead of downloading.")] = None,
 ) -> None:
     """Download a known checkpoint (checked against its sha256 when known). Without network,
     or for files with no direct URL, fails at once and says where to put the file by hand."""
     from hmrcli.nn.registry import FetchError, fetch_checkpoint
+
+    if name.startswith("blazepose-"):
+        from hmrcli.detect.base import DetectorUnavailable
+        from hmrcli.detect.blazepose_models import LANDMARK_FILES, install_landmark_model
+
+        model = name.removeprefix("blazepose-")
+        if model not in LANDMARK_FILES:
+            stderr.print(f"error: unknown BlazePose model {name!r}: use blazepose-heavy", markup=False, highlight=False)
+            raise typer.Exit(2)
+        try:
+            path = install_landmark_model(model, source=from_file, download=from_file is None, timeout=timeout)
+        except DetectorUnavailable as e:
+            stderr.print(f"error: {e}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        if want_json(None):
+            print_json({"name": name, "path": str(path)})
+        else:
+            stdout.print(f"{name}: {path} (sha256 ok)")
+        return
 
     try:
         path = fetch_checkpoint(name, dest, timeout=timeout, overwrite=overwrite)

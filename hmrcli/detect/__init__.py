@@ -165,9 +165,13 @@ def _mmdet_problem() -> str | None:
 def available_detectors() -> list[dict[str, Any]]:
     """Every backend with ``available`` and, when not, ``problem``; cheap (loads no model).
     mmdet's checkpoint is only checked when its backend offers an ``availability()`` hook."""
+    from hmrcli.detect.blazepose_ssd import litert_problem
     from hmrcli.detect.mediapipe_backend import mediapipe_problem
 
-    problems = {"mmdet": _mmdet_problem, "mediapipe": mediapipe_problem}
+    def mediapipe_multi() -> str | None:  # the default (multi-person) mode also needs the TFLite runtime
+        return mediapipe_problem() or litert_problem()
+
+    problems = {"mmdet": _mmdet_problem, "mediapipe": mediapipe_multi}
     out = []
     for name, b in DETECTORS.items():
         prob = problems[name]() if name in problems else None
@@ -264,6 +268,8 @@ def detection_summary(detector: Detector) -> str:
     extra = ""
     if getattr(detector, "one_person_per_image", False) and name != "whole-image":
         extra = " -- finds at most ONE person per image (the most prominent)"
+    elif name == "mediapipe":
+        extra = " -- every person whose head is in view (offline)"
     elif name == "whole-image":
         extra = " -- each image is one person filling the picture"
     elif name == "boxes":

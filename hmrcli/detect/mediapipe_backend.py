@@ -131,6 +131,32 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / max(area(a) + area(b) - inter, 1e-9)
 
 
+def _inside(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of box a's area inside box b."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return ix * iy / max((a[2] - a[0]) * (a[3] - a[1]), 1e-9)
+
+
+def _face_box(res: BlazePoseResult) -> np.ndarray:
+    """A face box from the landmarks (nose, eyes, ears, mouth), 1.5 times their extent."""
+    f = res.landmarks[:11]
+    c, half = (f.min(0) + f.max(0)) / 2, 0.75 * max(float(np.max(f.max(0) - f.min(0))), 4.0)
+    return np.r_[c - half, c + half]
+
+
+def _extent(res: BlazePoseResult) -> np.ndarray:
+    """Unclipped box (x1, y1, x2, y2) of a result's landmarks and head top."""
+    pts = np.concatenate([res.landmarks, res.head_top[None]])
+    return np.r_[pts.min(0), pts.max(0)]
+
+
+def _fitted_square(res: BlazePoseResult, margin: float = 1.3) -> np.ndarray:
+    """The square region (cx, cy, b) around a result's landmarks, ``margin`` times their extent."""
+    e = _extent(res)
+    return np.array([(e[0] + e[2]) / 2, (e[1] + e[3]) / 2, margin * max(e[2] - e[0], e[3] - e[1], 8.0)])
+
+
 def _hull(res: BlazePoseResult) -> np.ndarray:
     """The convex hull of a person's landmarks and head top, grown by 0.15 torso lengths
     (the region greyed out to look for someone else)."""
@@ -175,9 +201,11 @@ class MediaPipeDetector:
     Every person (``multi=True``): BlazePose's person detector runs on the whole image and on
     overlapping tiles (:class:`hmrcli.detect.blazepose_ssd.BlazePoseSSD`); each candidate
     gets a landmark pass on a crop around it (the one-person graph, which re-detects the
-    person inside the crop); results of the same person are merged (shared landmarks or
-    overlapping boxes); a candidate whose crop yields a person found already is retried with
-    the found persons greyed out. Persons shorter than ``min_height`` pixels are dropped.
+    person inside the crop; a candidate whose crop yields a person found already is retried
+    with the found persons greyed out), then a second pass on a crop fitted to the landmarks
+    found. Results of the same person are merged (shared landmarks or overlapping boxes),
+    the better-scored view kept. Persons shorter than ``min_height`` pixels or scoring below
+    ``person_thr`` are dropped.
 
     Args:
         score_thr: minimum person-detector score (MediaPipe's ``min_detection_confidence``).
@@ -188,6 +216,12 @@ class MediaPipeDetector:
         person_thr: a person is kept when the detection score of its landmark pass (the
             one-person graph on the crop around it) reaches this (multi only; measured on
             the sample photos: people 0.61-0.98, a dog 0.54).
+        candidate_thr: person-detector score from which a tile detection becomes a candidate
+            for a landmark pass (multi only; low: people seen from the side or behind score
+            0.3-0.5 on tiles, and the landmark pass decides).
+        candidate_ok: a candidate scoring below this has its person's score scaled by
+            ``candidate score / candidate_ok`` (weak candidates need a confident landmark pass:
+            animals and partial views pass the landmark graph at 0.65-0.75).
         landmark_model: ``full`` (in the mediapipe 0.10.21 wheel) or ``heavy`` (BlazePose
             GHUM Heavy, :mod:`hmrcli.detect.blazepose_models`).
         quiet: hide MediaPipe's native start-up log lines on stderr.
@@ -200,7 +234,7 @@ class MediaPipeDetector:
 
     def __init__(self, score_thr: float = 0.5, landmark_thr: float = 0.5, pad: float = 0.1, quiet: bool = True,
                  multi: bool = True, min_height: float = 40.0, landmark_model: str = "full",
-                 person_thr: float = 0.6) -> None:
+                 person_thr: float = 0.6, candidate_thr: float = 0.3, candidate_ok: float = 0.5) -> None:
         problem = mediapipe_problem()
         if problem:
             raise DetectorUnavailable(problem)
@@ -219,6 +253,8 @@ class MediaPipeDetector:
         self.multi = bool(multi)
         self.min_height = float(min_height)
         self.person_thr = float(person_thr)
+        self.candidate_thr = float(candidate_thr)
+        self.candidate_ok = max(float(candidate_ok), self.candidate_thr)
         self.landmark_model = landmark_model
         self.one_person_per_image = not self.multi
         self.detector_label = f"mediapipe:blazepose-{landmark_model}" + ("" if self.multi else ":single")
@@ -228,7 +264,7 @@ class MediaPipeDetector:
         if self.multi:
             from hmrcli.detect.blazepose_ssd import BlazePoseSSD
 
-            self._ssd = BlazePoseSSD(min_score=self.score_thr)
+            self._ssd = BlazePoseSSD(min_score=self.candidate_thr)
 
     def _build(self):
         try:
@@ -319,7 +355,12 @@ class MediaPipeDetector:
         h, w = img.shape[:2]
         found: list[tuple[BlazePoseResult, np.ndarray]] = []
         for cand in self._ssd(img):
-            region = np.array([*cand.centre, 2.5 * 1.2 * cand.radius])
+            if any(_inside(cand.face_xyxy, _face_box(r)) >= 0.7 for r, _ in found):
+                continue  # the face of someone found already
+            face = float(max(cand.face_xyxy[2] - cand.face_xyxy[0], cand.face_xyxy[3] - cand.face_xyxy[1]))
+            # MediaPipe's body square is 2.5 radii; 20 % more context, and never less than 6 face
+            # sizes (a blurred or turned-away face can come with a collapsed radius)
+            region = np.array([*cand.centre, max(3.0 * cand.radius, 6.0 * face)])
             if region[2] < 8:
                 continue
             res = self.pose_in(img, region)
@@ -330,18 +371,33 @@ class MediaPipeDetector:
                     res = again
             if res is None:
                 continue
+            # second look on a crop fitted to the person found: a candidate crop that showed only
+            # part of someone now shows all of them (and duplicates become recognisable)
+            again = self.pose_in(img, _fitted_square(res))
+            if again is not None and (same_person(again, res) or _box_iou(_extent(again), _extent(res)) > 0.3):
+                res = again
+            score = res.score if cand.score >= self.candidate_ok else res.score * cand.score / self.candidate_ok
             box = blazepose_box(res, (w, h), self.pad)
-            if box is None or box[3] - box[1] < self.min_height or res.score < self.person_thr:
+            if box is None or box[3] - box[1] < self.min_height or score < self.person_thr:
                 continue
+            res.score = float(score)
             dup = [k for k, (r, b) in enumerate(found) if same_person(res, r) or _box_iou(box, b) > 0.6]
             if dup:  # the same person seen from two candidates: keep the better-scored view
                 k = dup[0]
                 if res.score > found[k][0].score:
                     found[k] = (res, box)
                 continue
+            log.debug("person candidate score %.2f -> landmark pass %.2f box %s", cand.score, res.score, np.round(box))
             found.append((res, box))
         found.sort(key=lambda rb: -rb[0].score)
-        return found
+        # a weaker person whose box lies mostly (>= 80 %) inside a stronger one's and is less than
+        # half as tall is a partial view of that person (legs, an arm), not someone else
+        keep = []
+        for r, b in found:
+            if any(_inside(b, b2) >= 0.8 and (b[3] - b[1]) < 0.5 * (b2[3] - b2[1]) for _, b2 in keep):
+                continue
+            keep.append((r, b))
+        return keep
 
     def close(self) -> None:
         if self._graph is not None:

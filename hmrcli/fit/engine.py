@@ -74,17 +74,19 @@ class FitEngine:
         batch_size: persons optimised together.
         options: fitting weights and iteration counts.
         landmarker: an existing :class:`Landmarker` to share.
+        landmark_model: BlazePose ``full`` or ``heavy`` (when no landmarker is given).
     """
 
     name = "fit"
 
     def __init__(self, body: BodyModel, device: str | torch.device = "cpu", num_rois: int = 5, batch_size: int = 16,
-                 options: FitOptions | None = None, landmarker: Landmarker | None = None) -> None:
+                 options: FitOptions | None = None, landmarker: Landmarker | None = None,
+                 landmark_model: str = "full") -> None:
         self.body = body
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
         self.options = options or FitOptions()
-        self.landmarker = landmarker or Landmarker(num_rois=num_rois)
+        self.landmarker = landmarker or Landmarker(num_rois=num_rois, landmark_model=landmark_model)
         self.kb = KeypointBody(body, device=self.device)
         self.betas_applied = True
         self.betas_space = body.info.name
@@ -95,7 +97,8 @@ class FitEngine:
     def describe(self) -> dict[str, Any]:
         o = self.options
         return {"engine": "fit", "roi_convention": ROI_CONVENTION_FIT, "aggregation": None,
-                "fit": {"landmarks": "mediapipe BlazePose full (0.10.21), COCO-17 correspondence",
+                "fit": {"landmarks": f"mediapipe BlazePose {getattr(self.landmarker, 'landmark_model', 'full')} "
+                                     "(0.10.21), COCO-17 correspondence",
                         "num_rois": self.landmarker.num_rois, "w2d": o.w2d, "w3d": o.w3d,
                         "stages": ["camera"] + [f"body{k}" for k in range(len(o.body_stages))]}}
 
@@ -175,7 +178,7 @@ class RefinedEngine:
     """
 
     def __init__(self, base, how: str, landmarker: Landmarker | None = None, options: FitOptions | None = None,
-                 num_rois: int = 5) -> None:
+                 num_rois: int = 5, landmark_model: str = "full") -> None:
         if how not in REFINERS:
             raise ValueError(f"unknown refinement {how!r}: use {', '.join(REFINERS)}")
         self.base = base
@@ -185,7 +188,7 @@ class RefinedEngine:
         self.device = getattr(base, "device", torch.device("cpu"))
         self.options = options or FitOptions()
         shared = getattr(base, "landmarker", None)
-        self.landmarker = landmarker or shared or Landmarker(num_rois=num_rois)
+        self.landmarker = landmarker or shared or Landmarker(num_rois=num_rois, landmark_model=landmark_model)
         self._own_landmarker = landmarker is None and shared is None
         self.kb = KeypointBody(self.body, device=self.device) if how == "fit" else None
         self.betas_applied = True if how == "fit" else base.betas_applied
@@ -200,7 +203,8 @@ class RefinedEngine:
 
     def describe(self) -> dict[str, Any]:
         d = dict(self.base.describe())
-        d["refine"] = {"method": self.how, "num_rois": self.landmarker.num_rois}
+        d["refine"] = {"method": self.how, "num_rois": self.landmarker.num_rois,
+                       "landmarks": getattr(self.landmarker, "landmark_model", "full")}
         if self.how == "pc-hmr":
             d["refine"]["note"] = ("mesh calibrated by PC-HMR's per-bone transformation with the BlazePose world "
                                    "landmarks as the pose stream; params are the unrefined estimate's")

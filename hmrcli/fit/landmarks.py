@@ -7,10 +7,12 @@ and 33 metric 3D "world" landmarks (origin between the hips).
 Multi-RoI at test time: the person's box becomes a square crop box, the M RoIs of the
 Multi-RoI layout (:func:`hmrcli.geometry.make_rois`: shifted and scaled copies) are cropped
 and BlazePose runs on each crop. The landmark sets are mapped back to full-image pixels and
-fused robustly: per landmark the visibility-weighted median over the RoIs whose result
-agrees with the consensus (RoIs whose median landmark distance from the first-pass median
-exceeds ``outlier_frac`` of the box size are dropped: BlazePose then found someone else, or
-nobody coherent). ``num_rois=1`` is a single crop (the plain way).
+fused robustly (:func:`fuse_landmark_sets`): RoIs whose well-seen landmarks lie far from the
+consensus are dropped (BlazePose then found someone else, or nobody coherent); per landmark
+the position is the visibility-weighted median over the kept RoIs, a landmark outside the
+crop it came from weighing little; its confidence is the mean visibility of the RoIs that saw
+it inside their crop and agree with the fused position -- a RoI that cut the limb off does
+not lower it. ``num_rois=1`` is a single crop (the plain way).
 
 Correspondence with the body model (``BLAZEPOSE_TO_COCO17``): the COCO-17 keypoints of
 :class:`hmrcli.body.BodyModel` (``keypoints_coco``) are matched to BlazePose landmarks of the
@@ -98,14 +100,27 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def fuse_landmark_sets(
-    lm2d: np.ndarray, vis: np.ndarray, lm3d: np.ndarray, box_size: float, outlier_frac: float = 0.15
+    lm2d: np.ndarray, vis: np.ndarray, lm3d: np.ndarray, box_size: float, outlier_frac: float = 0.15,
+    in_crop: np.ndarray | None = None, agree_frac: float = 0.06, outside_crop_weight: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Robustly fuse R landmark sets of one person.
 
     lm2d (R, L, 2) pixels, vis (R, L), lm3d (R, L, 3); box_size: the person's box size in
-    pixels (scale of the outlier test). Returns fused (L, 2), (L,), (L, 3) and the (R,) mask
-    of sets kept. A set is dropped when its median landmark distance to the first-pass
-    (unweighted) median exceeds ``outlier_frac * box_size``.
+    pixels (scale of the tests); in_crop (R, L) bool: whether each landmark lies inside the
+    crop it was predicted from (None: all inside). Returns fused (L, 2), (L,), (L, 3) and the
+    (R,) mask of sets kept.
+
+    1. Sets are compared on the landmarks they see well (visibility > 0.5 and inside their
+       crop): a set whose median distance from the first-pass median exceeds
+       ``outlier_frac * box_size`` is dropped (BlazePose found someone else there).
+    2. Positions: per landmark, the median over the kept sets weighted by visibility, a
+       landmark outside its crop (BlazePose extrapolating) weighing ``outside_crop_weight``.
+    3. Confidence: per landmark, the mean visibility of the kept sets that saw it inside
+       their crop AND agree with the fused position (within ``agree_frac * box_size``);
+       sets that did not see it do not lower it (a shifted RoI that cuts a wrist off says
+       nothing about the wrist). Landmarks no set saw inside its crop get the mean
+       visibility of the agreeing sets times ``outside_crop_weight``; landmarks no set
+       agrees on get 0.
     """
     lm2d = np.asarray(lm2d, dtype=np.float64)
     vis = np.asarray(vis, dtype=np.float64)
@@ -113,16 +128,24 @@ def fuse_landmark_sets(
     r = lm2d.shape[0]
     if r == 0:
         raise ValueError("no landmark sets to fuse")
+    inside = np.ones(vis.shape, dtype=bool) if in_crop is None else np.asarray(in_crop, dtype=bool)
+    good = (vis > 0.5) & inside
     med = np.median(lm2d, axis=0)
-    dev = np.median(np.linalg.norm(lm2d - med[None], axis=-1), axis=1)  # (R,)
+    dist = np.linalg.norm(lm2d - med[None], axis=-1)  # (R, L)
+    dev = np.array([np.median(dist[k][good[k]]) if good[k].sum() >= 3 else np.median(dist[k]) for k in range(r)])
     keep = dev <= outlier_frac * box_size
     if not keep.any():
         keep = dev <= dev.min()
-    a2, v, a3 = lm2d[keep], vis[keep], lm3d[keep]
-    w = np.clip(v, 1e-3, 1.0)  # (R', L)
+    a2, v, a3, ins = lm2d[keep], vis[keep], lm3d[keep], inside[keep]
+    w = np.clip(v, 1e-3, 1.0) * np.where(ins, 1.0, outside_crop_weight)  # (R', L)
     fused2 = np.stack([_weighted_median(a2[:, j], w[:, j]) for j in range(a2.shape[1])])
     fused3 = np.stack([_weighted_median(a3[:, j], w[:, j]) for j in range(a3.shape[1])])
-    fused_v = v.mean(axis=0)
+    agree = np.linalg.norm(a2 - fused2[None], axis=-1) <= agree_frac * box_size  # (R', L)
+    seen = agree & ins
+    n_seen, n_agree = seen.sum(0), agree.sum(0)
+    conf_seen = (v * seen).sum(0) / np.maximum(n_seen, 1)
+    conf_unseen = outside_crop_weight * (v * agree).sum(0) / np.maximum(n_agree, 1)
+    fused_v = np.where(n_seen > 0, conf_seen, np.where(n_agree > 0, conf_unseen, 0.0))
     return fused2, fused_v, fused3, keep
 
 
@@ -137,12 +160,15 @@ class Landmarker:
             (BlazePose extrapolates cut-off limbs; they steer the fit only weakly).
         detector: a :class:`hmrcli.detect.mediapipe_backend.MediaPipeDetector` to use
             (one is created otherwise).
+        landmark_model: ``full`` (shipped with mediapipe) or ``heavy`` (BlazePose GHUM Heavy,
+            :mod:`hmrcli.detect.blazepose_models`).
     Raises:
         hmrcli.detect.DetectorUnavailable: mediapipe 0.10.21 is not installed.
     """
 
     def __init__(self, num_rois: int = 5, crop_size: int = 384, min_visibility: float = 0.3,
-                 detector=None, box_rescale: float = 1.2, outside_weight: float = 0.2) -> None:
+                 detector=None, box_rescale: float = 1.2, outside_weight: float = 0.2,
+                 landmark_model: str = "full") -> None:
         from hmrcli.detect.mediapipe_backend import MediaPipeDetector
 
         if not 1 <= num_rois <= 5:
@@ -153,7 +179,9 @@ class Landmarker:
         self.box_rescale = float(box_rescale)
         self.outside_weight = float(outside_weight)
         # Low thresholds: the crop already holds the person; visibility weights the fit.
-        self.detector = detector if detector is not None else MediaPipeDetector(score_thr=0.3, landmark_thr=0.3)
+        self.detector = detector if detector is not None else MediaPipeDetector(
+            score_thr=0.3, landmark_thr=0.3, multi=False, landmark_model=landmark_model)
+        self.landmark_model = getattr(self.detector, "landmark_model", landmark_model)
 
     def close(self) -> None:
         self.detector.close()
@@ -166,7 +194,7 @@ class Landmarker:
         rois = G.make_rois(box, self.num_rois)[0]  # (M, 3)
         hw = (self.crop_size, self.crop_size)
         affines = G.crop_affine(rois, hw)
-        sets2, sets_v, sets3, ok = [], [], [], np.zeros(len(rois), dtype=bool)
+        sets2, sets_v, sets3, inside, ok = [], [], [], [], np.zeros(len(rois), dtype=bool)
         for m in range(len(rois)):
             crop = G.crop_image_np(image, affines[m], hw)
             res = self.detector.pose(crop)
@@ -175,13 +203,16 @@ class Landmarker:
             pts = G.map_points(res.landmarks, G.invert_affine(affines[m]))
             if not np.all(np.isfinite(pts)) or not np.all(np.isfinite(res.world_landmarks)):
                 continue
+            c = res.landmarks  # crop pixels
+            inside.append((c[:, 0] >= 0) & (c[:, 1] >= 0) & (c[:, 0] <= self.crop_size - 1) & (c[:, 1] <= self.crop_size - 1))
             sets2.append(pts)
             sets_v.append(res.visibility)
             sets3.append(res.world_landmarks)
             ok[m] = True
         if not sets2:
             return None
-        f2, fv, f3, keep = fuse_landmark_sets(np.stack(sets2), np.stack(sets_v), np.stack(sets3), float(box[0, 2]))
+        f2, fv, f3, keep = fuse_landmark_sets(np.stack(sets2), np.stack(sets_v), np.stack(sets3), float(box[0, 2]),
+                                              in_crop=np.stack(inside))
         idx = np.flatnonzero(ok)
         ok[idx[~keep]] = False
         sel = list(BLAZEPOSE_TO_COCO17)
