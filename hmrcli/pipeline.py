@@ -735,7 +735,10 @@ class _Loader(threading.Thread):
                         break
                     continue
                 try:
-                    prepared = self.engine.prepare(item.image, persons, camera.focal, camera.principal)
+                    # engines take (image, persons, focal[, principal]); the principal point is passed
+                    # only when one is known, so engines written before it keep working
+                    extra = () if camera.principal is None else (camera.principal,)
+                    prepared = self.engine.prepare(item.image, persons, camera.focal, *extra)
                 except Exception as e:
                     if not self.put(("error", src, "crop", f"{src.path}: {type(e).__name__}: {e}")):
                         break
