@@ -33,6 +33,8 @@ OPTIONAL_PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("ai_edge_litert", "ai-edge-litert",
      "TFLite runtime: BlazePose's person detector on image tiles (the offline multi-person detector)",
      "make install-fit (pip install ai-edge-litert)"),
+    ("onnxruntime", "onnxruntime", "runs MoveNet MultiPose, the offline person detector (--detector movenet)",
+     "pip install onnxruntime (a core dependency of hmrcli)"),
     ("anny", "anny", "re-deriving / checking the free body model", "pip install -e '.[anny]'"),
 )
 
@@ -243,14 +245,15 @@ def _default_infer(report: dict[str, Any]) -> dict[str, Any]:
     chosen = None
     if isinstance(dets, list):
         by = {d["name"]: d for d in dets}
-        for name in ("mmdet", "mediapipe"):
+        for name in ("mmdet", "movenet", "mediapipe"):
             if by.get(name, {}).get("available"):
                 chosen = name
                 break
         if chosen is None:
             missing.append({"problem": "no person detector: " + "; ".join(
-                f"{n}: {by[n]['problem']}" for n in ("mmdet", "mediapipe") if n in by),
-                "fix": "make install-fit (the offline mediapipe detector), or pass --boxes FILE"})
+                f"{n}: {by[n]['problem']}" for n in ("mmdet", "movenet", "mediapipe") if n in by),
+                "fix": "pip install onnxruntime (the offline movenet detector) or make install-fit (mediapipe), "
+                       "or pass --boxes FILE"})
     return {"engine": engine, "detector": chosen, "can_run": not missing, "missing": missing}
 
 

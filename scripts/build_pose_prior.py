@@ -21,26 +21,34 @@ fixed zip timestamps):
    position per frame; frames subsampled with ``--stride`` (default 2: 60 -> 30 fps).
 2. **Retargeting to the 24-joint SMPL-layout body** (the free body by default,
    ``--body-model``), by *orientation transfer*: each SMPL joint j is driven by one mocap
-   bone m(j) (``CC_RIG``) with a constant calibration rotation C_j, so that the SMPL joint's
+   bone m(j) (``cc_rig``) with a constant calibration rotation C_j, so that the SMPL joint's
    global rotation is ``G_smpl_j(t) = G_mocap_m(j)(t) @ C_j``; body-pose rotations are then
-   ``R_j = G_smpl_parent(j)^T G_smpl_j``. ``C_j`` is fixed by two direction pairs
-   (a TRIAD): its *primary* direction makes the SMPL bone (joint -> child joint, in the
-   body's rest T-pose) point exactly along the mocap bone; its *secondary* direction fixes
-   the twist about the bone anatomically: for thighs/shins the knee's hinge axis, for upper
-   arms/forearms the elbow's hinge axis (both estimated from the data, as the mean axis of
-   the rotations between the straightest and bent frames) map to SMPL's flexion axes
-   (knee +x; left elbow -y, right elbow +y, see ``hmrcli.body.pose_limits``); feet use the
-   toes' medial direction, hands the pinky->index direction (palms down in the T-pose),
-   the head the eyes' left-right axis, spine and collars a left-right / up axis of the
-   torso. Mocap directions that are not rigid in the bone's frame are averaged over all
-   frames. Twists therefore come from the mocap bones' own orientations, not from an IK
-   guess. The hand joints (22, 23) stay at rest (CMU captures no hand articulation).
-3. **Check**: the retargeted body's joints (the body's own rest skeleton, uniformly scaled
-   to the mocap skeleton's size per file, hip midpoints aligned) against the mocap joints
-   they correspond to; bone-direction errors; PNG plots of retargeted skeletons over the
-   mocap skeletons and of samples drawn from the fitted prior (``--plots``).
+   ``R_j = G_smpl_parent(j)^T G_smpl_j``. Twists therefore come from the mocap bones' own
+   orientations, not from an IK guess. C_j is calibrated once over all frames:
+
+   * limbs (hips/thighs, knees/shins, shoulders/upper arms, elbows/forearms, wrists/hands):
+     two direction pairs (a TRIAD). The *primary* makes the SMPL bone (joint -> child joint
+     of the body's rest T-pose) point exactly along the mocap bone; the *secondary* fixes the
+     twist anatomically: for thighs/shins the knee's hinge axis, for upper arms/forearms the
+     elbow's hinge axis (estimated from the data: mean axis of the rotations between the
+     straightest and the bent frames) map to SMPL's flexion axes (knee +x; left elbow -y,
+     right elbow +y, as in ``hmrcli.body.pose_limits``); for hands the pinky->index direction
+     maps to +z (palms down in the T-pose);
+   * ankles and balls of the feet: flat on the floor with the toes forward (SMPL rest) in the
+     frames where the foot is planted (low and still; flat-floor trials);
+   * pelvis, spine1-3, neck, head and collars: "upright": averaged over the walking trials
+     their SMPL global rotations equal the body's heading (upright, facing where the hips
+     face), i.e. the average walking posture maps to SMPL's rest posture;
+   * the hand joints (22, 23) stay at rest relative to the wrists (CMU captures no hand
+     articulation).
+3. **Check**: the retargeted body's joints (the body's own rest skeleton posed by the
+   retargeted rotations, uniformly scaled to the mocap skeleton's limb size per file, hip
+   midpoints aligned; also per-frame similarity-aligned, and with the body's bones set to the
+   mocap bone lengths) against the mocap joints they correspond to, limb-direction errors,
+   and PNG plots of retargeted skeletons over the mocap skeletons and of the prior's means
+   and samples (``--plots``).
 4. **Prior**: the global orientation is dropped; the 69-d axis-angle body pose
-   (joints 1..23) of every kept frame and (``--mirror``, default on) its left/right mirror
+   (joints 1..23) of every kept frame and (unless ``--no-mirror``) its left/right mirror
    image (swap left/right joints, axis-angle (x, y, z) -> (x, -y, -z)) are fitted with a
    Gaussian mixture (``--components`` 8, full covariances, EM in numpy, k-means++
    initialisation, ``--n-init`` restarts, ``--reg-covar`` added to every covariance's
@@ -89,6 +97,11 @@ DEFAULT_TRIALS: tuple[str, ...] = (
     "007_01", "007_02", "007_03", "007_04", "007_05", "007_06", "007_07", "007_08", "007_09", "007_10",
     "007_11", "007_12",
 )
+
+#: trials whose average posture defines the upright torso (CMU index: "walk", "slow/brisk walk")
+WALK_TRIALS = frozenset(("002_01", "002_02", "005_01", "006_01") + tuple(f"007_{i:02d}" for i in range(1, 13)))
+#: trials on a flat floor (planted-foot calibration); not 001 (playground) and 003 (uneven terrain)
+FLOOR_SUBJECTS = ("002_", "005_", "006_", "007_")
 
 SMPL_JOINTS = (
     "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
@@ -248,36 +261,30 @@ def triad(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
 
 
 # ============================================================================ rig mapping
-# Character Creator rig (CC_Base_*). "{s}" is L or R. Per SMPL joint: the mocap bone whose
-# global rotation drives it, and the (mocap, SMPL) direction pairs of its calibration.
-# Mocap direction specs: ("pts", a, b) = position of b minus position of a (a point is a joint
-# name or a tuple of names, averaged), expressed in the driving bone's frame and averaged over
-# frames; ("hinge", name) = the hinge axis estimated for "knee"/"elbow" in the driving bone's
-# frame. SMPL specs: ("joints", a, b) rest joint b minus a; ("axis", v); ("eyes", ...).
+# Character Creator rig (CC_Base_*). Per SMPL joint: the mocap bone whose global rotation drives
+# it ("bone"), the mocap point it corresponds to ("at", for the checks), and its calibration:
+# calib="upright", or the (mocap, SMPL) direction pairs "primary" and "secondary". Mocap
+# direction specs: ("pts", a, b) = position of b minus position of a (a point is a joint name or
+# a tuple of names, averaged), expressed in the driving bone's frame and averaged over frames;
+# ("hinge", name) = the hinge axis estimated for "knee_L"... in the driving bone's frame;
+# ("planted_up", side) = world up in the bone's frame averaged over the planted frames of that
+# foot. SMPL specs: ("joints", a, b) rest joint b minus rest joint a; ("axis", v).
 def _cc(s: str, name: str) -> str:
     return f"CC_Base_{s}_{name}" if s else f"CC_Base_{name}"
 
 
 def cc_rig() -> dict[int, dict]:
     rig: dict[int, dict] = {}
-    rig[0] = dict(bone=_cc("", "Pelvis"), at=(_cc("L", "Thigh"), _cc("R", "Thigh")),
-                  primary=(("pts", _cc("R", "Thigh"), _cc("L", "Thigh")), ("joints", 2, 1)),
-                  secondary=(("pts", _cc("", "Pelvis"), _cc("", "Waist")), ("joints", 0, 3)))
-    rig[3] = dict(bone=_cc("", "Waist"), at=_cc("", "Waist"),
-                  primary=(("pts", _cc("", "Waist"), _cc("", "Spine01")), ("joints", 3, 6)),
-                  secondary=(("pts", _cc("R", "Thigh"), _cc("L", "Thigh")), ("axis", (1.0, 0.0, 0.0))))
-    rig[6] = dict(bone=_cc("", "Spine01"), at=_cc("", "Spine01"),
-                  primary=(("pts", _cc("", "Spine01"), _cc("", "Spine02")), ("joints", 6, 9)),
-                  secondary=(("pts", _cc("R", "Clavicle"), _cc("L", "Clavicle")), ("axis", (1.0, 0.0, 0.0))))
-    rig[9] = dict(bone=_cc("", "Spine02"), at=_cc("", "Spine02"),
-                  primary=(("pts", _cc("", "Spine02"), _cc("", "NeckTwist01")), ("joints", 9, 12)),
-                  secondary=(("pts", _cc("R", "Clavicle"), _cc("L", "Clavicle")), ("joints", 14, 13)))
-    rig[12] = dict(bone=_cc("", "NeckTwist01"), at=_cc("", "NeckTwist01"),
-                   primary=(("pts", _cc("", "NeckTwist01"), _cc("", "Head")), ("joints", 12, 15)),
-                   secondary=(("pts", _cc("R", "Eye"), _cc("L", "Eye")), ("axis", (1.0, 0.0, 0.0))))
-    rig[15] = dict(bone=_cc("", "Head"), at=_cc("", "Head"),
-                   primary=(("pts", _cc("R", "Eye"), _cc("L", "Eye")), ("eyes", "right", "left")),
-                   secondary=(("pts", _cc("", "Head"), (_cc("L", "Eye"), _cc("R", "Eye"))), ("eyes", "head", "mid")))
+    # Torso, neck, head (and collars, below): "upright" -- on average over the walking trials
+    # (WALK_TRIALS) their SMPL global rotations equal the body's heading (upright, facing the
+    # direction the hips face), i.e. the average walking posture maps to SMPL's rest posture.
+    # (Calibrating them on joint positions instead would map the CC spine's zig-zag -- its
+    # waist->spine01 segment leans ~45 deg forward -- onto SMPL's spine as constant opposite
+    # bends; taking the CC rig's own bone frames leaves the ~20 deg forward pelvis tilt of the
+    # CMU->CC retargeting in the hips and the spine.)
+    for j, bone, at in ((0, "Pelvis", (_cc("L", "Thigh"), _cc("R", "Thigh"))), (3, "Waist", None), (6, "Spine01", None),
+                        (9, "Spine02", None), (12, "NeckTwist01", None), (15, "Head", None)):
+        rig[j] = dict(bone=_cc("", bone), at=at or _cc("", bone), calib="upright")
     for s, side, sgn in (("L", 0, 1.0), ("R", 1, -1.0)):
         hip, knee, ankle, foot = 1 + side, 4 + side, 7 + side, 10 + side
         collar, shoulder, elbow, wrist, hand = 13 + side, 16 + side, 18 + side, 20 + side, 22 + side
@@ -287,16 +294,15 @@ def cc_rig() -> dict[int, dict]:
         rig[knee] = dict(bone=_cc(s, "Calf"), at=_cc(s, "Calf"),
                          primary=(("pts", _cc(s, "Calf"), _cc(s, "Foot")), ("joints", knee, ankle)),
                          secondary=(("hinge", f"knee_{s}"), ("axis", (1.0, 0.0, 0.0))))
-        # toes: big toe is medial (towards -x for the left foot, +x for the right one)
+        # feet: flat on the floor with the toes forward in the frames where the foot is planted
+        # (the CC ankle and ball-of-foot joints sit at other heights than SMPL's)
         rig[ankle] = dict(bone=_cc(s, "Foot"), at=_cc(s, "Foot"),
-                          primary=(("pts", _cc(s, "Foot"), _cc(s, "ToeBase")), ("joints", ankle, foot)),
-                          secondary=(("pts", _cc(s, "PinkyToe1"), _cc(s, "BigToe1")), ("axis", (-sgn, 0.0, 0.0))))
+                          primary=(("planted_up", s), ("axis", (0.0, 1.0, 0.0))),
+                          secondary=(("pts", _cc(s, "Foot"), _cc(s, "ToeBase")), ("axis", (0.0, 0.0, 1.0))))
         rig[foot] = dict(bone=_cc(s, "ToeBase"), at=_cc(s, "ToeBase"),
-                         primary=(("pts", _cc(s, "ToeBase"), _cc(s, "MidToe1")), ("axis", (0.0, 0.0, 1.0))),
-                         secondary=(("pts", _cc(s, "PinkyToe1"), _cc(s, "BigToe1")), ("axis", (-sgn, 0.0, 0.0))))
-        rig[collar] = dict(bone=_cc(s, "Clavicle"), at=_cc(s, "Clavicle"),
-                           primary=(("pts", _cc(s, "Clavicle"), _cc(s, "Upperarm")), ("joints", collar, shoulder)),
-                           secondary=(("pts", _cc("", "Spine02"), _cc("", "NeckTwist01")), ("joints", 9, 12)))
+                         primary=(("planted_up", s), ("axis", (0.0, 1.0, 0.0))),
+                         secondary=(("pts", _cc(s, "ToeBase"), _cc(s, "MidToe1")), ("axis", (0.0, 0.0, 1.0))))
+        rig[collar] = dict(bone=_cc(s, "Clavicle"), at=_cc(s, "Clavicle"), calib="upright")
         # elbow flexion: left -y, right +y (hmrcli.body.pose_limits)
         flex = (0.0, -sgn, 0.0)
         rig[shoulder] = dict(bone=_cc(s, "Upperarm"), at=_cc(s, "Upperarm"),
@@ -313,6 +319,11 @@ def cc_rig() -> dict[int, dict]:
     return rig
 
 
+#: per side: the joints whose height and speed tell a planted foot
+def cc_feet() -> dict[str, tuple[str, str]]:
+    return {s: (_cc(s, "Foot"), _cc(s, "ToeBase")) for s in ("L", "R")}
+
+
 #: hinge name -> (parent bone, child bone, straightness end points)
 def cc_hinges() -> dict[str, tuple[str, str, str, str]]:
     h = {}
@@ -324,7 +335,10 @@ def cc_hinges() -> dict[str, tuple[str, str, str, str]]:
 
 #: bones drawn in the plots / used for the position check: (SMPL joint, SMPL joint) pairs
 CHECK_JOINTS = (1, 2, 4, 5, 7, 8, 10, 11, 12, 15, 16, 17, 18, 19, 20, 21)
-LIMB_BONES = ((1, 4), (4, 7), (2, 5), (5, 8), (16, 18), (18, 20), (17, 19), (19, 21), (7, 10), (8, 11))
+#: thighs, shins, upper arms, forearms: their directions are transferred exactly
+LIMB_BONES = ((1, 4), (4, 7), (2, 5), (5, 8), (16, 18), (18, 20), (17, 19), (19, 21))
+#: ankle -> ball of the foot: calibrated on planted feet instead (the rigs place these joints differently)
+FOOT_BONES = ((7, 10), (8, 11))
 
 
 # ============================================================================ data loading
@@ -410,21 +424,49 @@ def estimate_hinge(G: np.ndarray, P: np.ndarray, names: list[str], hinge: tuple[
     return a, M[s].T @ a, {"frames": int(sel.sum()), "mean_deviation_deg": spread, "straight_frame_length": float(length[s])}
 
 
-def calibrate(G: np.ndarray, P: np.ndarray, names: list[str], rig: dict[int, dict], hinges: dict,
-              rest_joints: np.ndarray, eyes: dict[str, np.ndarray]) -> tuple[dict[int, np.ndarray], dict]:
-    """Calibration rotations C_j (SMPL rest frame -> driving mocap bone frame) from the pooled
-    frames G (F, nb, 3, 3), P (F, nb, 3)."""
-    info: dict = {"hinges": {}}
+def planted_frames(P: np.ndarray, names: list[str], joints: tuple[str, str], height_tol: float = 2.0,
+                   speed_tol: float = 0.5) -> np.ndarray:
+    """(F,) bool: both joints within ``height_tol`` of their clip minimum height (world +Y) and
+    moving less than ``speed_tol`` per kept frame (mocap units, cm)."""
+    ok = np.ones(P.shape[0], dtype=bool)
+    for n in joints:
+        p = P[:, names.index(n)]
+        ok &= p[:, 1] < np.percentile(p[:, 1], 2) + height_tol
+        v = np.linalg.norm(np.diff(p, axis=0), axis=-1)
+        ok &= np.concatenate([v[:1], v]) < speed_tol
+    return ok
+
+
+def calibrate(clips: list[Clip], rig: dict[int, dict], hinges: dict, feet: dict, floor_trials: set[str],
+              rest_joints: np.ndarray) -> tuple[dict[int, np.ndarray], dict]:
+    """Calibration rotations C_j (SMPL rest frame -> driving mocap bone frame), from the
+    frames of all clips (the clips' skeletons must be the same rig)."""
+    names = clips[0].names
+    G = np.concatenate([c.G for c in clips])
+    P = np.concatenate([c.P for c in clips])
+    info: dict = {"hinges": {}, "planted_frames": {}}
     hinge_axes = {}
     for hname, h in hinges.items():
         a_par, a_child, hi = estimate_hinge(G, P, names, h)
         hinge_axes[hname] = {h[0]: a_par, h[1]: a_child}
         info["hinges"][hname] = hi
+    planted = {}
+    for s, joints in feet.items():
+        planted[s] = np.concatenate([planted_frames(c.P, names, joints) if c.trial in floor_trials
+                                     else np.zeros(c.P.shape[0], dtype=bool) for c in clips])
+        info["planted_frames"][s] = int(planted[s].sum())
+        if planted[s].sum() < 20:
+            raise SystemExit(f"too few planted-foot frames ({planted[s].sum()}) to calibrate the {s} foot")
 
     def mocap_dir(spec, bone):
         gb = G[:, names.index(bone)]
         if spec[0] == "hinge":
             return hinge_axes[spec[1]][bone]
+        if spec[0] == "local":
+            return np.asarray(spec[1], dtype=np.float64)
+        if spec[0] == "planted_up":
+            sel = planted[spec[1]]
+            return _unit(gb[sel, 1, :].mean(0))      # world +Y in the bone frame: G^T e_y = row 1 of G
         v = _pt(P, names, spec[2]) - _pt(P, names, spec[1])
         return _unit(_unit(np.einsum("fji,fj->fi", gb, v)).mean(0))
 
@@ -433,22 +475,36 @@ def calibrate(G: np.ndarray, P: np.ndarray, names: list[str], rig: dict[int, dic
             return rest_joints[spec[2]] - rest_joints[spec[1]]
         if spec[0] == "axis":
             return np.asarray(spec[1], dtype=np.float64)
-        if spec[0] == "eyes":
-            return eyes[spec[2]] - eyes[spec[1]]
         raise ValueError(spec)
+
+    walk = np.concatenate([np.full(c.P.shape[0], c.trial in WALK_TRIALS) for c in clips])
+    info["walk_frames"] = int(walk.sum())
+    if walk.sum() < 100:
+        raise SystemExit(f"too few walking frames ({walk.sum()}) to calibrate the torso")
+    lat = _pt(P, names, rig[1]["at"]) - _pt(P, names, rig[2]["at"])
+    lat[:, 1] = 0.0
+    ex = _unit(lat)
+    ey = np.broadcast_to(np.array([0.0, 1.0, 0.0]), ex.shape)
+    heading = np.stack([ex, ey, np.cross(ex, ey)], axis=-1)   # columns: body left, up, forward
 
     C: dict[int, np.ndarray] = {}
     for j, spec in rig.items():
         if spec.get("bone") is None:
             continue
         bone = spec["bone"]
+        if spec.get("calib") == "upright":
+            m = np.einsum("fji,fjk->ik", G[walk, names.index(bone)], heading[walk]) / walk.sum()
+            u, _, vt = np.linalg.svd(m)
+            C[j] = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+            info.setdefault("upright_offset_deg", {})[SMPL_JOINTS[j]] = round(
+                float(np.degrees(np.linalg.norm(rotmat_to_rotvec(C[j])))), 1)
+            continue
         pm, ps = spec["primary"]
         sm, ss = spec["secondary"]
-        Fm = triad(mocap_dir(pm, bone), mocap_dir(sm, bone))
-        Fs = triad(smpl_dir(ps), smpl_dir(ss))
-        C[j] = Fm @ Fs.T
-        cosang = abs(float(_unit(mocap_dir(pm, bone)) @ _unit(mocap_dir(sm, bone))))
-        info.setdefault("secondary_vs_primary_deg", {})[SMPL_JOINTS[j]] = round(math.degrees(math.acos(min(1.0, cosang))), 1)
+        a, b = mocap_dir(pm, bone), mocap_dir(sm, bone)
+        C[j] = triad(a, b) @ triad(smpl_dir(ps), smpl_dir(ss)).T
+        info.setdefault("secondary_vs_primary_deg", {})[SMPL_JOINTS[j]] = round(
+            math.degrees(math.acos(min(1.0, abs(float(_unit(a) @ _unit(b)))))), 1)
     return C, info
 
 
@@ -481,6 +537,22 @@ def smpl_fk(Gs: np.ndarray, rest_joints: np.ndarray) -> np.ndarray:
         p = SMPL_PARENTS[j]
         P[:, j] = P[:, p] + Gs[:, p] @ (rest_joints[j] - rest_joints[p])
     return P
+
+
+def procrustes_errors(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-point distances (F, N) after the similarity transform (rotation, scale,
+    translation) of each frame of a (F, N, 3) that best fits b."""
+    a0 = a - a.mean(1, keepdims=True)
+    b0 = b - b.mean(1, keepdims=True)
+    h = np.einsum("fni,fnj->fij", a0, b0)
+    u, sv, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(np.einsum("fij,fjk->fik", u, vt)))
+    dm = np.ones_like(sv)
+    dm[:, 2] = d
+    r = np.einsum("fji,fj,fkj->fik", vt, dm, u)            # V diag(dm) U^T
+    s = (sv * dm).sum(1) / (a0 ** 2).sum((1, 2))
+    fit = s[:, None, None] * np.einsum("fij,fnj->fni", r, a0) + b.mean(1, keepdims=True)
+    return np.linalg.norm(fit - b, axis=-1)
 
 
 def mirror_body_pose(aa: np.ndarray) -> np.ndarray:
@@ -532,9 +604,10 @@ def _kmeans_pp(X: np.ndarray, k: int, rng: np.random.Generator, iters: int = 30)
     return c
 
 
-def fit_gmm(X: np.ndarray, k: int, seed: int = 0, n_init: int = 3, max_iter: int = 300, tol: float = 1e-5,
-            reg_covar: float = 1e-4, log=print) -> dict:
-    """Full-covariance Gaussian mixture by EM (k-means++ initialisation, best of n_init)."""
+def fit_gmm(X: np.ndarray, k: int, seed: int = 0, n_init: int = 3, max_iter: int = 300, tol: float = 1e-3,
+            reg_covar: float = 1e-2, log=print) -> dict:
+    """Full-covariance Gaussian mixture by EM (k-means++ initialisation, best of n_init; stops when the
+    mean log-likelihood per sample changes by less than tol, as scikit-learn does)."""
     n, d = X.shape
     best = None
     for init in range(n_init):
@@ -693,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", type=int, default=0, help="drop the first n frames of every file")
     ap.add_argument("--components", type=int, default=8)
     ap.add_argument("--n-init", type=int, default=3)
-    ap.add_argument("--reg-covar", type=float, default=1e-4, help="added to every covariance diagonal (rad^2)")
+    ap.add_argument("--reg-covar", type=float, default=1e-2,
+                    help="added to every covariance diagonal (rad^2; default: a 0.1 rad standard-deviation floor)")
     ap.add_argument("--hand-std", type=float, default=0.3, help="std (rad) of the uninformed hand joints")
     ap.add_argument("--no-mirror", dest="mirror", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
@@ -703,21 +777,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 
-    import torch
-
     from hmrcli.body import load_body_model
 
     body = load_body_model(args.body_model)
     rest = body.rest_joints()
     rest = rest - rest[0]
-    kp_v, _ = body.coco_regressor
-    kp_rest = kp_v @ body.template(dtype=torch.float64).numpy()
-    eyes = {"left": kp_rest[1], "right": kp_rest[2], "mid": 0.5 * (kp_rest[1] + kp_rest[2]), "head": rest[15]}
-    if not np.any(kp_v):
-        raise SystemExit("the body model has no eye keypoints (COCO regressor); cannot calibrate the head")
 
     rig, hinges = cc_rig(), cc_hinges()
     names = needed_names(rig, hinges)
+    for f in cc_feet().values():
+        names += [n for n in f if n not in names]
     files = find_files(args.bvh, args.trials)
     print(f"{len(files)} BVH files; stride {args.stride}")
     clips = []
@@ -727,14 +796,13 @@ def main(argv: list[str] | None = None) -> int:
     n_file = sum(c.n_frames_file for c in clips)
     print(f"{n_file} frames in the files, {n_kept} kept ({time.perf_counter() - t0:.1f} s)")
 
-    G = np.concatenate([c.G for c in clips])
-    P = np.concatenate([c.P for c in clips])
-    C, calib = calibrate(G, P, names, rig, hinges, rest, eyes)
+    floor = {c.trial for c in clips if c.trial.startswith(FLOOR_SUBJECTS)}
+    C, calib = calibrate(clips, rig, hinges, cc_feet(), floor, rest)
     for k, v in calib["hinges"].items():
         print(f"  hinge {k}: {v['frames']} bent frames, mean deviation from the mean axis {v['mean_deviation_deg']:.1f} deg")
 
     # ---------------------------------------------------------------- retarget + check
-    poses, per_clip, dir_err, pos_err = [], [], [], []
+    poses, per_clip, dir_err, pos_err, pos_err2, torso_local, foot_err, pa_err = [], [], [], [], [], [], [], []
     panels = []
     rng = np.random.default_rng(args.seed)
     seg_names = [(rig[SMPL_PARENTS[j]]["at"], rig[j]["at"]) for j in range(1, 24) if j not in HAND_JOINTS]
@@ -754,10 +822,23 @@ def main(argv: list[str] | None = None) -> int:
         sp = sp - 0.5 * (sp[:, 1] + sp[:, 2])[:, None] + 0.5 * (mp[:, 1] + mp[:, 2])[:, None]
         e = np.linalg.norm(sp[:, CHECK_JOINTS] - mp[:, CHECK_JOINTS], axis=-1)  # mocap units (cm)
         pos_err.append(e)
-        dm = np.stack([_unit(mp[:, b] - mp[:, a]) for a, b in LIMB_BONES], 1)
-        ds = np.stack([_unit(sp[:, b] - sp[:, a]) for a, b in LIMB_BONES], 1)
-        de = np.degrees(np.arccos(np.clip((dm * ds).sum(-1), -1, 1)))
+        # same check with the body's bones set to this clip's mocap bone lengths (rest directions kept)
+        rj = np.zeros((24, 3))
+        for j in range(1, 24):
+            p = SMPL_PARENTS[j]
+            ln = np.linalg.norm(mp[:, j] - mp[:, p], axis=-1).mean()
+            rj[j] = rj[p] + _unit(rest[j] - rest[p]) * ln
+        sp2 = smpl_fk(Gs, rj)
+        sp2 = sp2 - 0.5 * (sp2[:, 1] + sp2[:, 2])[:, None] + 0.5 * (mp[:, 1] + mp[:, 2])[:, None]
+        pos_err2.append(np.linalg.norm(sp2[:, CHECK_JOINTS] - mp[:, CHECK_JOINTS], axis=-1))
+        torso_local.append(np.degrees(np.linalg.norm(aa[:, [j - 1 for j in (3, 6, 9, 12, 15)]], axis=-1)))
+        dm = np.stack([_unit(mp[:, b] - mp[:, a]) for a, b in LIMB_BONES + FOOT_BONES], 1)
+        ds = np.stack([_unit(sp[:, b] - sp[:, a]) for a, b in LIMB_BONES + FOOT_BONES], 1)
+        de_all = np.degrees(np.arccos(np.clip((dm * ds).sum(-1), -1, 1)))
+        de = de_all[:, : len(LIMB_BONES)]
         dir_err.append(de)
+        foot_err.append(de_all[:, len(LIMB_BONES):])
+        pa_err.append(procrustes_errors(sp[:, CHECK_JOINTS], mp[:, CHECK_JOINTS]))
         per_clip.append({"trial": c.trial, "frames_kept": int(c.G.shape[0]), "frames_in_file": c.n_frames_file,
                          "sha256": c.sha256, "mpjpe_cm": round(float(e.mean()), 2),
                          "limb_direction_err_deg": round(float(de.mean()), 3), "scale_cm_per_m": round(float(scale), 2)})
@@ -768,12 +849,24 @@ def main(argv: list[str] | None = None) -> int:
             panels.append({"title": f"{c.trial} #{f * args.stride + args.skip}", "mocap_segments": segs, "smpl": sp[f]})
     X = np.concatenate(poses).reshape(-1, 23, 3)
     pos_err = np.concatenate(pos_err)
+    foot_err = np.concatenate(foot_err)
+    pa_err = np.concatenate(pa_err)
+    pos_err2 = np.concatenate(pos_err2)
+    torso_local = np.concatenate(torso_local)
     dir_err = np.concatenate(dir_err)
     check = {
         "mpjpe_cm_mean": round(float(pos_err.mean()), 2),
         "mpjpe_cm_median": round(float(np.median(pos_err)), 2),
         "mpjpe_cm_p95": round(float(np.percentile(pos_err, 95)), 2),
         "per_joint_cm": {SMPL_JOINTS[j]: round(float(pos_err[:, i].mean()), 2) for i, j in enumerate(CHECK_JOINTS)},
+        "same_bone_lengths_mpjpe_cm_mean": round(float(pos_err2.mean()), 2),
+        "same_bone_lengths_mpjpe_cm_p95": round(float(np.percentile(pos_err2, 95)), 2),
+        "same_bone_lengths_per_joint_cm": {SMPL_JOINTS[j]: round(float(pos_err2[:, i].mean()), 2)
+                                           for i, j in enumerate(CHECK_JOINTS)},
+        "torso_local_rotation_deg_mean": {SMPL_JOINTS[j]: round(float(torso_local[:, i].mean()), 1)
+                                          for i, j in enumerate((3, 6, 9, 12, 15))},
+        "pa_mpjpe_cm_mean": round(float(pa_err.mean()), 2),
+        "foot_direction_err_deg_mean": round(float(foot_err.mean()), 2),
         "limb_direction_err_deg_mean": round(float(dir_err.mean()), 4),
         "limb_direction_err_deg_max": round(float(dir_err.max()), 4),
         "note": "mocap units are cm (the CC avatar is ~1.75 m tall); the body's rest skeleton scaled per file to the "
@@ -781,8 +874,13 @@ def main(argv: list[str] | None = None) -> int:
                 "placements of the two skeletons (limb directions are transferred exactly)",
     }
     print(f"retarget check: joint position error mean {check['mpjpe_cm_mean']} cm (median {check['mpjpe_cm_median']}, "
-          f"p95 {check['mpjpe_cm_p95']}); limb direction error mean {check['limb_direction_err_deg_mean']} deg")
+          f"p95 {check['mpjpe_cm_p95']}), after per-frame similarity alignment {check['pa_mpjpe_cm_mean']} cm; "
+          f"limb direction error mean {check['limb_direction_err_deg_mean']} deg (max {check['limb_direction_err_deg_max']}), "
+          f"ankle->foot {check['foot_direction_err_deg_mean']} deg")
     print("  per joint (cm): " + ", ".join(f"{k} {v}" for k, v in check["per_joint_cm"].items()))
+    print(f"  with the mocap bone lengths: mean {check['same_bone_lengths_mpjpe_cm_mean']} cm, p95 "
+          f"{check['same_bone_lengths_mpjpe_cm_p95']}; " + ", ".join(f"{k} {v}" for k, v in check["same_bone_lengths_per_joint_cm"].items()))
+    print("  mean torso/head local rotation (deg): " + ", ".join(f"{k} {v}" for k, v in check["torso_local_rotation_deg_mean"].items()))
 
     n_unique = X.shape[0]
     if args.mirror:
@@ -804,13 +902,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GMM: {time.perf_counter() - t1:.1f} s; weights {np.round(gm['weights'], 3).tolist()}; "
           f"training max-component nll mean {-best.mean():.2f}")
 
-    import subprocess
-
-    try:
-        script_commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                       check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        script_commit = None
     meta = {
         "format": "hmrcli.pose_prior.gmm/1",
         "parameterization": "axis-angle of the 23 body joints (SMPL joints 1..23, SMPL order), each in its "
@@ -839,7 +930,6 @@ def main(argv: list[str] | None = None) -> int:
         "retarget_check": check,
         "calibration": calib,
         "script": "scripts/build_pose_prior.py",
-        "script_commit": script_commit,
     }
     arrays = {
         "means": gm["means"],
@@ -858,8 +948,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plots:
         pdir = Path(args.plots)
         pdir.mkdir(parents=True, exist_ok=True)
-        plot_retarget(pdir / "retarget_a.png", panels[:6])
-        plot_retarget(pdir / "retarget_b.png", panels[6:12])
+        for i in range(0, len(panels), 6):
+            plot_retarget(pdir / f"retarget_{i // 6}.png", panels[i:i + 6])
         rs = np.random.default_rng(args.seed + 1)
         comp = rs.choice(len(gm["weights"]), size=8, p=gm["weights"])
         samples = [rs.multivariate_normal(gm["means"][k], gm["covariances"][k]) for k in comp]

@@ -214,7 +214,7 @@ def test_detect_sources_isolates_failures(photos):
 
 def test_registry(monkeypatch):
     names = [d["name"] for d in available_detectors()]
-    assert names == list(DETECTORS) == ["mmdet", "mediapipe", "boxes", "whole-image"]
+    assert names == list(DETECTORS) == ["mmdet", "movenet", "mediapipe", "boxes", "whole-image"]
     with pytest.raises(ValueError, match="unknown detector"):
         create_detector("yolo")
     # options a backend does not take are left out; None means "backend default"
@@ -225,7 +225,7 @@ def test_registry(monkeypatch):
         create_detector("mmdet", checkpoint=None)
     except DetectorUnavailable:
         pass
-    # auto: mmdet first, then mediapipe; when neither can run, one error saying what to do
+    # auto: mmdet first, then movenet, then mediapipe; when none can run, one error saying what to do
     import hmrcli.detect as D
 
     tried = []
@@ -236,9 +236,10 @@ def test_registry(monkeypatch):
 
     monkeypatch.setattr(D, "_backend_class", unavailable)
     monkeypatch.setattr(D, "_mmdet_problem", lambda: None)
-    with pytest.raises(DetectorUnavailable, match="mmdet: mmdet missing; mediapipe: mediapipe missing.*whole-image"):
+    with pytest.raises(DetectorUnavailable,
+                       match="mmdet: mmdet missing; movenet: movenet missing; mediapipe: mediapipe missing.*whole-image"):
         create_detector("auto")
-    assert tried == ["mmdet", "mediapipe"]
+    assert tried == ["mmdet", "movenet", "mediapipe"]
 
 
 def test_auto_prefers_mmdet_when_it_can_run(monkeypatch):
@@ -259,13 +260,21 @@ def test_auto_prefers_mmdet_when_it_can_run(monkeypatch):
     assert det.name == "mmdet" and det.kw["score_thr"] == 0.25 and det.kw["checkpoint"] == "x.pth"
     # without weights for its default model, auto skips mmdet (without importing it) and says why
     monkeypatch.setattr(D, "_mmdet_problem", lambda: "no weights")
+    from hmrcli.detect.movenet_backend import movenet_problem
+
+    assert movenet_problem() is None  # onnxruntime is a core dependency, the model ships in models/detect
+    det = create_detector("auto")
+    assert det.name == "movenet" and det.auto_skipped == ["mmdet: no weights"]
+    assert "auto: mmdet: no weights" in D.detection_summary(det)
+    # without onnxruntime, auto goes on to mediapipe
+    monkeypatch.setattr(D, "_backend_class", lambda n: FakeMMDet if n == "mmdet" else (
+        (_ for _ in ()).throw(DetectorUnavailable("onnxruntime is not installed")) if n == "movenet" else real(n)))
     if mediapipe_problem():
-        with pytest.raises(DetectorUnavailable, match="mmdet: no weights; mediapipe: "):
+        with pytest.raises(DetectorUnavailable, match="mmdet: no weights; movenet: onnxruntime is not installed; mediapipe: "):
             create_detector("auto")
     else:
         det = create_detector("auto")
-        assert det.name == "mediapipe" and det.auto_skipped == ["mmdet: no weights"]
-        assert "auto: mmdet: no weights" in D.detection_summary(det)
+        assert det.name == "mediapipe" and det.auto_skipped == ["mmdet: no weights", "movenet: onnxruntime is not installed"]
 
 
 def test_cli_reports_unavailable_detector(monkeypatch, photos):

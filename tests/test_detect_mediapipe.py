@@ -63,13 +63,9 @@ def test_pose_gives_landmarks_and_no_person_on_blank_images(detector):
 
 
 @needs_mediapipe
-def test_cli_auto_falls_back_to_mediapipe_and_says_what_it_finds():
-    from hmrcli.detect import _mmdet_problem
-
-    if _mmdet_problem() is None:
-        pytest.skip("mmdet is installed here: auto may pick it")
+def test_cli_mediapipe_detector_says_what_it_finds():
     paths = [str(ROOT / rel) for rel in sorted(REF)]
-    r = runner.invoke(app, ["detect", *paths])
+    r = runner.invoke(app, ["detect", "--detector", "mediapipe", *paths])
     assert r.exit_code == 0, r.output
     assert "mediapipe" in r.stderr and "every person whose head is in view" in r.stderr
     recs = [json.loads(x) for x in r.stdout.splitlines()]
@@ -84,7 +80,8 @@ def test_help_says_what_the_offline_detector_finds():
     for cmd in ("detect", "crop", "infer"):
         r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "300"})
         assert r.exit_code == 0
-        assert "every person whose head is in view" in " ".join(r.output.split()), cmd
+        text = " ".join(r.output.replace("│", " ").split())
+        assert "every person whose head is in view" in text and "movenet (MoveNet MultiPose" in text, cmd
 
 
 def _result(landmarks, head_top=(0, 0), face=(0, 0, 1, 1)):

@@ -35,12 +35,12 @@ def test_ok_is_the_default_infer(monkeypatch):
     assert d["engine"] == "fit" and rep["ok"] == d["can_run"]
     if importlib.util.find_spec("mediapipe") is None:
         pytest.skip("mediapipe is not installed here: the can-run case needs it")
-    assert d["can_run"] and d["detector"] in ("mmdet", "mediapipe") and rep["ok"]
+    assert d["can_run"] and d["detector"] in ("mmdet", "movenet") and rep["ok"]
 
 
-def test_missing_tflite_runtime_or_mediapipe_makes_doctor_not_ok(monkeypatch):
+def test_missing_runtimes_or_mediapipe_make_doctor_not_ok(monkeypatch):
     monkeypatch.delenv("HMRCLI_CHECKPOINT", raising=False)
-    _hide(monkeypatch, "ai_edge_litert", "mmengine")
+    _hide(monkeypatch, "ai_edge_litert", "mmengine", "onnxruntime")
     rep = diagnostics.collect()
     d = rep["default_infer"]
     assert not rep["ok"] and not d["can_run"] and d["detector"] is None

@@ -162,3 +162,16 @@ def test_fit_on_cuda_matches_cpu(free, free_kb):
     ev_c, ev_g = evaluate_fit(free, people, cpu), evaluate_fit(free, people, gpu)
     assert np.abs(ev_c["pa_mpjpe_mm"] - ev_g["pa_mpjpe_mm"]).max() < 5.0
     assert np.abs(cpu.transl - gpu.transl).max() < 0.05
+
+
+def test_learned_pose_prior_fits_as_well_as_the_relaxed_one(free, free_kb):
+    """--pose-prior gmm (the mixture learned from motion capture): the synthetic check still
+    holds, and a prior name that does not exist is refused."""
+    people = synthetic_people(free, 8, np.random.default_rng(0))
+    relaxed = evaluate_fit(free, people, fit_bodies(free_kb, people.targets))
+    gmm = evaluate_fit(free, people, fit_bodies(free_kb, people.targets, options=FitOptions(pose_prior="gmm")))
+    assert gmm["pa_mpjpe_mm"].max() <= 40.0, gmm["pa_mpjpe_mm"]
+    assert np.abs(gmm["distance_err"]).max() <= 0.10
+    assert gmm["pa_mpjpe_mm"].mean() <= relaxed["pa_mpjpe_mm"].mean() + 5.0
+    with pytest.raises(ValueError, match="unknown pose prior"):
+        fit_bodies(free_kb, people.targets, options=FitOptions(pose_prior="vae"))

@@ -156,21 +156,19 @@ def test_python_api_image_in_people_out(constant_checkpoint):
 
 def test_infer_detects_persons_without_boxes(constant_checkpoint, tmp_path):
     from hmrcli.detect import _mmdet_problem
-    from hmrcli.detect.mediapipe_backend import MediaPipeDetector, mediapipe_problem
+    from hmrcli.detect.movenet_backend import MoveNetDetector
     from hmrcli.sources import read_image
 
-    if mediapipe_problem():
-        pytest.skip(mediapipe_problem())
     if _mmdet_problem() is None:
         pytest.skip("mmdet with weights is installed: auto picks it")
     out = tmp_path / "out"
     r = _run([str(SAMPLES / "astronaut.png"), "--checkpoint", str(constant_checkpoint), "--out", str(out),
               "--body-model", "free"])
     assert r.exit_code == 0, r.output
-    assert "mediapipe" in r.stderr and "every person whose head is in view" in r.stderr
+    assert "movenet" in r.stderr and "every person, up to 6 per pass" in r.stderr
     cam = json.loads((out / "astronaut.png" / "person_00.camera.json").read_text())
-    assert cam["person"]["box_source"] == "mediapipe:blazepose-full"
-    with MediaPipeDetector() as det:
+    assert cam["person"]["box_source"] == "movenet:multipose-lightning@256+512"
+    with MoveNetDetector() as det:
         (want,) = det.detect([read_image(SAMPLES / "astronaut.png")])[0]
     np.testing.assert_allclose(cam["person"]["box_xyxy"], want.box_xyxy)
     assert cam["person"]["score"] == pytest.approx(want.score)

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 DETECTOR_HELP = (
-    "Person detector: auto (mmdet when installed with a checkpoint, else mediapipe), "
-    "mmdet (MMDetection, every person), mediapipe (BlazePose, offline, no weights to fetch: every "
-    "person whose head is in view, at least --min-height px tall), boxes (read --boxes FILE), whole-image "
-    "(each image is one person filling it, for pre-cropped person images)."
+    "Person detector: auto (mmdet when installed with a checkpoint, else movenet), "
+    "mmdet (MMDetection, every person), movenet (MoveNet MultiPose, shipped, offline: every person, up to 6 "
+    "per pass), mediapipe (BlazePose, offline: every person whose head is in view, at least 40 px tall), "
+    "boxes (read --boxes FILE), whole-image (each image is one person filling it, for pre-cropped person images)."
 )
 
 DetectorOpt = Annotated[str, typer.Option("--detector", "-d", help=DETECTOR_HELP, rich_help_panel="Detection")]
@@ -248,9 +248,9 @@ def detect(
     hmrcli.detections/1: path, name, width, height, and per person box_xyxy in pixels, score,
     class, detector; docs/records.md). The detector that runs is named on stderr.
 
-    mediapipe, the offline default when no MMDetection checkpoint is installed, finds every
-    person whose head is in view. Images where nobody is found get an empty person list and
-    are counted on stderr.
+    movenet, the offline default when no MMDetection checkpoint is installed, finds every
+    person (up to 6 per pass); mediapipe every person whose head is in view. Images where
+    nobody is found get an empty person list and are counted on stderr.
 
     Exit status: 0 all images done, 1 some failed (named on stderr), 2 all failed or bad usage."""
     from hmrcli.detect import detect_sources
@@ -262,7 +262,7 @@ def detect(
 
     t0 = time.perf_counter()
     lines: list[str] = []
-    n_ok = n_failed = n_persons = 0
+    n_ok = n_failed = n_persons = n_empty = 0
     for r in detect_sources(sources, det, batch_size=batch_size, max_persons=max_persons):
         if r.error is not None:
             n_failed += 1
@@ -270,6 +270,7 @@ def detect(
             continue
         n_ok += 1
         n_persons += len(r.detections)
+        n_empty += not r.detections
         line = json.dumps(detection_record(str(r.source.path), r.width, r.height,
                                            [d.to_json() for d in r.detections], detector=det.name, source=r.source),
                           ensure_ascii=False)
@@ -288,7 +289,8 @@ def detect(
         det.close()
     if not quiet:
         note(f"detect: {n_ok} images, {n_persons} persons, {n_failed} failed in {time.perf_counter() - t0:.1f} s"
-             + (f" -> {out}" if out is not None else ""))
+             + (f" -> {out}" if out is not None else "")
+             + (f"; no person found in {n_empty} image(s)" if n_empty else ""))
     from hmrcli.records import batch_exit_code
 
     raise typer.Exit(batch_exit_code(n_failed, n_ok))

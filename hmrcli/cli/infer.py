@@ -44,6 +44,9 @@ def infer(
     landmarks: Annotated[str, typer.Option("--landmarks", help="Fitting/refinement: BlazePose landmark model, full "
                          "(ships with mediapipe) or heavy (BlazePose GHUM Heavy, 27.7 MB: `make install-heavy` or "
                          "`hmrcli weights fetch blazepose-heavy`).")] = "full",
+    pose_prior: Annotated[str, typer.Option("--pose-prior", help="Fitting/refinement: pose prior, relaxed (pull "
+                          "towards a relaxed standing pose) or gmm (a Gaussian mixture learned from CMU motion "
+                          "capture, models/pose_prior).")] = "relaxed",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write OUT/<image>/overlay.png: the "
                        "meshes rendered over the photo.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
@@ -128,6 +131,9 @@ def infer(
         raise typer.Exit(2)
     if landmarks not in ("full", "heavy"):
         raise typer.BadParameter("use full or heavy", param_hint="--landmarks")
+    if pose_prior not in ("relaxed", "gmm"):
+        raise typer.BadParameter("use relaxed or gmm", param_hint="--pose-prior")
+    from hmrcli.fit.optimize import FitOptions
     if engine == "fit" and refine == "fit":
         refine = "none"  # the fit engine already fits
     try:
@@ -139,11 +145,13 @@ def infer(
         else:
             from hmrcli.fit.engine import FitEngine
 
-            eng = FitEngine(body, device=dev, num_rois=rois, batch_size=batch_size, landmark_model=landmarks)
+            eng = FitEngine(body, device=dev, num_rois=rois, batch_size=batch_size, landmark_model=landmarks,
+                            options=FitOptions(pose_prior=pose_prior))
         if refine != "none":
             from hmrcli.fit.engine import RefinedEngine
 
-            eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks)
+            eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks,
+                                options=FitOptions(pose_prior=pose_prior))
     except DetectorUnavailable as e:
         stderr.print(f"error: the fitting engine needs MediaPipe's BlazePose (the [fit] extra; `make install-fit`): {e}",
                      markup=False, highlight=False)

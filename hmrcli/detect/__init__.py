@@ -3,13 +3,16 @@
 Backends (``--detector``), imported only when used:
 
 * ``mmdet`` -- an MMDetection detector (needs mmdet + mmcv and a checkpoint); many people.
+* ``movenet`` -- MoveNet MultiPose (Apache-2.0, converted to ONNX, shipped), offline: every
+  person, up to 6 per pass (two input sizes merged). The offline default.
 * ``mediapipe`` -- MediaPipe BlazePose (mediapipe 0.10.21), offline: every person whose head is
   in view (BlazePose's person detector on the image and on overlapping tiles, a landmark pass
   per candidate, duplicates merged); ``multi=False`` gives MediaPipe's one-person behaviour.
 * ``boxes`` -- boxes read from a file (``hmrcli detect`` JSON lines or COCO annotations).
 * ``whole-image`` -- the whole image is one person (pre-cropped person images).
 
-``auto`` picks mmdet when it is installed with a checkpoint, else mediapipe (the offline default).
+``auto`` picks mmdet when it is installed with a checkpoint, else movenet (the offline default),
+else mediapipe. Measured on the hand-counted sample photos: README, "Person detectors".
 
 >>> from hmrcli.detect import create_detector, detect_sources     # doctest: +SKIP
 >>> det = create_detector("auto", score_thr=0.5)                   # doctest: +SKIP
@@ -48,10 +51,13 @@ class _Backend:
     description: str
 
 
-#: name -> backend, in the order ``auto`` prefers them (mmdet, then mediapipe).
+#: name -> backend; ``auto`` prefers them in AUTO_ORDER (mmdet, then movenet, then mediapipe).
 DETECTORS: dict[str, _Backend] = {
     "mmdet": _Backend("hmrcli.detect.mmdet_backend", "MMDetDetector",
                       "MMDetection person detector (mmdet + mmcv and a checkpoint); finds every person"),
+    "movenet": _Backend("hmrcli.detect.movenet_backend", "MoveNetDetector",
+                        "MoveNet MultiPose (ONNX, shipped in models/detect), offline: every person, up to 6 "
+                        "per pass, at input sizes 256 and 512 merged"),
     "mediapipe": _Backend("hmrcli.detect.mediapipe_backend", "MediaPipeDetector",
                           "MediaPipe BlazePose, offline, no weights to fetch; finds every person whose head is "
                           "in view (tiled person detector + a landmark pass per person)"),
@@ -60,7 +66,7 @@ DETECTORS: dict[str, _Backend] = {
     "whole-image": _Backend("hmrcli.detect.whole_image", "WholeImageDetector",
                             "the whole image is one person (pre-cropped person images)"),
 }
-AUTO_ORDER = ("mmdet", "mediapipe")
+AUTO_ORDER = ("mmdet", "movenet", "mediapipe")
 
 
 def _backend_class(name: str):
@@ -110,7 +116,7 @@ def create_detector(name: str, **opts: Any) -> Detector:
 
 
 def default_detector(**opts: Any) -> Detector:
-    """mmdet when it is installed with a checkpoint, else mediapipe (every person, offline).
+    """mmdet when it is installed with a checkpoint, else movenet, else mediapipe (offline).
     The returned detector's ``auto_skipped`` attribute says why better ones were not used.
     Raises DetectorUnavailable listing why each failed."""
     why: list[str] = []
@@ -121,8 +127,11 @@ def default_detector(**opts: Any) -> Detector:
             if prob:
                 why.append(f"{name}: {prob.rstrip('.')}")
                 continue
+        use = dict(opts)
+        if name == "movenet" and str(use.get("device") or "cpu").startswith("cuda") and not _onnx_cuda():
+            use["device"] = "cpu"  # pip's onnxruntime has no CUDA provider: MoveNet is cheap on the CPU
         try:
-            det = create_detector(name, **opts)
+            det = create_detector(name, **use)
         except DetectorUnavailable as e:
             log.info("auto detector: %s unavailable: %s", name, e)
             why.append(f"{name}: {str(e).rstrip('.')}")
@@ -135,6 +144,15 @@ def default_detector(**opts: Any) -> Detector:
     raise DetectorUnavailable("no person detector is available here. " + "; ".join(why)
                               + ". Alternatives: --boxes FILE (your own boxes), or --detector whole-image "
                                 "for images that each show one person filling the picture.")
+
+
+def _onnx_cuda() -> bool:
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except Exception:
+        return False
 
 
 def _mmdet_problem() -> str | None:
@@ -167,11 +185,12 @@ def available_detectors() -> list[dict[str, Any]]:
     mmdet's checkpoint is only checked when its backend offers an ``availability()`` hook."""
     from hmrcli.detect.blazepose_ssd import litert_problem
     from hmrcli.detect.mediapipe_backend import mediapipe_problem
+    from hmrcli.detect.movenet_backend import movenet_problem
 
     def mediapipe_multi() -> str | None:  # the default (multi-person) mode also needs the TFLite runtime
         return mediapipe_problem() or litert_problem()
 
-    problems = {"mmdet": _mmdet_problem, "mediapipe": mediapipe_multi}
+    problems = {"mmdet": _mmdet_problem, "movenet": movenet_problem, "mediapipe": mediapipe_multi}
     out = []
     for name, b in DETECTORS.items():
         prob = problems[name]() if name in problems else None
@@ -270,6 +289,8 @@ def detection_summary(detector: Detector) -> str:
         extra = " -- finds at most ONE person per image (the most prominent)"
     elif name == "mediapipe":
         extra = " -- every person whose head is in view (offline)"
+    elif name == "movenet":
+        extra = " -- every person, up to 6 per pass (offline)"
     elif name == "whole-image":
         extra = " -- each image is one person filling the picture"
     elif name == "boxes":

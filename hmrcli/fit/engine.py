@@ -99,7 +99,7 @@ class FitEngine:
         return {"engine": "fit", "roi_convention": ROI_CONVENTION_FIT, "aggregation": None,
                 "fit": {"landmarks": f"mediapipe BlazePose {getattr(self.landmarker, 'landmark_model', 'full')} "
                                      "(0.10.21), COCO-17 correspondence",
-                        "num_rois": self.landmarker.num_rois, "w2d": o.w2d, "w3d": o.w3d,
+                        "num_rois": self.landmarker.num_rois, "w2d": o.w2d, "w3d": o.w3d, "pose_prior": o.pose_prior,
                         "stages": ["camera"] + [f"body{k}" for k in range(len(o.body_stages))]}}
 
     def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,

@@ -5,7 +5,7 @@ Objective per person (the persons of a batch are optimised together but independ
     E = w2d  * sum_k c_k^2 rho_s(|Pi(K, X_k + t) - x_k| / h)            2D reprojection
       + w3d  * sum_k d_k^2 rho_s'(|(X_k - X_root) - (Y_k - Y_root)|)     3D, root-aligned
       + wlim * |limit excess(theta)|^2 + wbend * sum exp(+-theta_bend)^2  joint limits, bends
-      + wpose * |theta - theta_mean|^2 + wshape * |beta|^2               pose / shape priors
+      + wpose * P(theta) + wshape * |beta|^2                             pose / shape priors
       + 100 * sum_k relu(z_min - z_k)^2                                  keypoints in front
 
 with X_k the body model's COCO-17 keypoints (camera-frame orientation, no translation), t
@@ -13,7 +13,11 @@ the camera translation (metres), K the intrinsics, x_k the 2D landmarks (pixels)
 confidence c_k, h the person's box size (pixels; residuals are in box units so the weights
 do not depend on the image resolution), Y_k the 3D landmarks (metres, camera-aligned axes)
 with confidence d_k, root = the midpoint of the hips, and rho_s the Geman-McClure robust
-function rho_s(r) = s^2 r^2 / (s^2 + r^2). Priors: :mod:`hmrcli.fit.priors`.
+function rho_s(r) = s^2 r^2 / (s^2 + r^2). Pose prior P (``FitOptions.pose_prior``):
+``relaxed`` |theta - theta_mean|^2 towards a relaxed standing pose
+(:mod:`hmrcli.body.pose_limits`, the default), or ``gmm`` the Mahalanobis term of the best
+component of a Gaussian mixture learned from motion capture (:mod:`hmrcli.body.pose_prior`,
+times ``gmm_scale``).
 
 Staged as in SMPLify: (0) closed-form initialisation -- global orientation by Kabsch
 alignment of the body's rest torso (shoulders, hips) to the 3D landmarks, limbs by minimal
@@ -151,6 +155,12 @@ class FitOptions:
     optimize_shape: bool = True
     min_depth: float = 0.3  # metres: keypoints closer to the camera plane are penalised
     wide_min_conf: float = 0.8  # landmarks below this confidence sit out the wide-scale stages
+    # pose prior: "relaxed" (distance to a relaxed standing pose, hmrcli.body.pose_limits) or
+    # "gmm" (the Gaussian mixture learned from CMU motion capture, hmrcli.body.pose_prior; its
+    # residual is Mahalanobis-scaled, so the stage weights are multiplied by gmm_scale; 0.3 was
+    # the best of 0.03/0.1/0.3/1 on the real frames of benchmarks/real_frames.py)
+    pose_prior: str = "relaxed"
+    gmm_scale: float = 0.3
 
 
 @dataclass
@@ -332,6 +342,17 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
     lim = torch.as_tensor(JOINT_LIMITS, dtype=dt, device=dev)
     mean = torch.as_tensor(POSE_MEAN, dtype=dt, device=dev).reshape(-1)
     bends = [(3 * (j - 1) + c, sgn) for j, c, sgn in BENDS]
+    if o.pose_prior == "gmm":
+        from hmrcli.body.pose_prior import GMMPosePrior
+
+        gmm = GMMPosePrior.load()  # tensors follow the inputs (device, dtype)
+        def prior_res(th):
+            return o.gmm_scale ** 0.5 * gmm.residuals(th)
+    elif o.pose_prior == "relaxed":
+        def prior_res(th):
+            return th - mean
+    else:
+        raise ValueError(f"unknown pose prior {o.pose_prior!r}: use relaxed or gmm")
 
     def residuals(xi, kp2, cf2, Ki, box, k3, cf3, wts, jmask):
         """Residual vector of ONE person (vmapped); its squared norm is the energy."""
@@ -360,7 +381,7 @@ def fit_bodies(body: BodyModel | KeypointBody, targets: FitTargets, init: FitIni
         ex = torch.relu(lim[..., 0] - th) + torch.relu(th - lim[..., 1])
         th_f = xi[i_bp]
         rb = torch.stack([torch.exp(sgn * th_f[k]) for k, sgn in bends])
-        return torch.cat([res2.reshape(-1), res3.reshape(-1), front, wp.sqrt() * (th_f - mean), wl.sqrt() * ex.reshape(-1),
+        return torch.cat([res2.reshape(-1), res3.reshape(-1), front, wp.sqrt() * prior_res(th_f), wl.sqrt() * ex.reshape(-1),
                           wb.sqrt() * rb, ws.sqrt() * xi[i_be]])
 
     from torch.func import jacfwd, vmap
