@@ -23,15 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hmrcli.geometry import box_iou_xyxy
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / ua if ua > 0 else 0.0
 
 
 def match(dets: list[tuple[np.ndarray, float]], persons: list[list[float]], ignore: list[list[float]],
@@ -42,13 +36,13 @@ def match(dets: list[tuple[np.ndarray, float]], persons: list[list[float]], igno
     for box, _ in sorted(dets, key=lambda d: -(d[1] or 0.0)):
         best, bi = 0.0, -1
         for k in free:
-            v = iou(box, persons[k])
+            v = box_iou_xyxy(box, persons[k])
             if v > best:
                 best, bi = v, k
         if best >= thr:
             free.remove(bi)
             tp += 1
-        elif any(iou(box, g) >= thr for g in ignore):
+        elif any(box_iou_xyxy(box, g) >= thr for g in ignore):
             ign += 1
         else:
             fp += 1

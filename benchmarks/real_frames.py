@@ -83,6 +83,8 @@ from typing import Any
 
 import numpy as np
 
+from hmrcli.assets import sha256_file
+
 MMPOSE_REPO = "open-mmlab/mmpose"
 MMPOSE_COMMIT = "759b39c13fea6ba094afc1fa932f51dc1b11cbf9"
 RAW_URL = "https://raw.githubusercontent.com/{repo}/{commit}/tests/data/{path}"
@@ -155,13 +157,6 @@ class Frame:
 
 
 # ---------------------------------------------------------------------------------- data
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def resolve_root(root: str | os.PathLike) -> Path:
     """The folder holding ``h36m/`` and/or ``mpi_inf_3dhp/`` (DIR, DIR/tests/data or DIR/data)."""

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from hmrcli._version import __version__
+from hmrcli.assets import sha256_file
 from hmrcli.engine.regress import PersonBox, PersonEstimate
 from hmrcli.export.writers import atomic_write_bytes, atomic_write_text, mesh_bytes, npz_bytes
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
@@ -199,14 +200,6 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Manifest:
     """``OUT/manifest.jsonl``: an append-only log, one JSON object per line (schema
     ``hmrcli.manifest/1``):
@@ -270,7 +263,7 @@ class Manifest:
         key = (p, int(st.st_size), int(st.st_mtime_ns))
         sha = self.file_cache.get(key)
         if sha is None:
-            sha = self.file_cache[key] = _sha256_file(Path(p))
+            sha = self.file_cache[key] = sha256_file(Path(p))
         return {"path": p, "size": key[1], "mtime_ns": key[2], "sha256": sha}
 
     def append(self, rec: dict[str, Any]) -> None:
@@ -314,7 +307,7 @@ def run_settings(engine: Any, opts: InferOptions, detector: Any = None, boxes: A
             if ent is None:
                 p = os.path.abspath(path)
                 st = os.stat(p)
-                ent = {"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256_file(Path(p))}
+                ent = {"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(Path(p))}
         except OSError:
             return None
         files.append(ent)

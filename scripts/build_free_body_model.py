@@ -50,12 +50,10 @@ import argparse
 import datetime as _dt
 import hashlib
 import importlib.metadata
-import io
 import json
 import shutil
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -418,21 +416,11 @@ def fit_joint_regressor(mesh_sets: list[np.ndarray], joints: np.ndarray, templat
 
 # ----------------------------------------------------------------------------- writing
 def save_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Same format as np.savez_compressed, but with fixed zip timestamps/order so identical
-    arrays give identical bytes."""
+    """Write ``arrays`` as a byte-reproducible .npz (hmrcli.export.writers.deterministic_npz_bytes)."""
+    from hmrcli.export.writers import atomic_write_bytes, deterministic_npz_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for key, val in arrays.items():
-            val = np.asarray(val)
-            assert val.dtype != object, key
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(val), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue(), compresslevel=9)
-    tmp.replace(path)
+    atomic_write_bytes(path, deterministic_npz_bytes(arrays))
 
 
 def sha256_file(path: Path) -> str:

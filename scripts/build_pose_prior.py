@@ -65,12 +65,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import math
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -723,20 +721,11 @@ def plot_samples(path: Path, poses: list[np.ndarray], rest_joints: np.ndarray, t
 
 # ============================================================================ writing
 def save_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed format with fixed zip timestamps and order."""
+    """Write ``arrays`` as a byte-reproducible .npz (hmrcli.export.writers.deterministic_npz_bytes)."""
+    from hmrcli.export.writers import atomic_write_bytes, deterministic_npz_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for key, val in arrays.items():
-            val = np.asarray(val)
-            assert val.dtype != object, key
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(val), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue(), compresslevel=9)
-    tmp.replace(path)
+    atomic_write_bytes(path, deterministic_npz_bytes(arrays))
 
 
 # ============================================================================ main

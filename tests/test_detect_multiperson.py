@@ -173,3 +173,31 @@ def test_infer_records_images_with_nobody(constant_checkpoint, tmp_path):
     assert "mediapipe" in errs[0]["message"]
     park = json.loads((out / "park.jpg" / "result.json").read_text())
     assert park["persons"] == 2 and park["problems"] == []
+
+
+@pytest.mark.fit
+@pytest.mark.slow
+def test_heavy_landmarks_agree_with_full_on_a_real_photo():
+    """--landmarks heavy (BlazePose GHUM Heavy, installed by `make install-heavy` when npm is
+    there): the walking woman's body landmarks agree with the full model's within 5 % of
+    her height."""
+    from hmrcli.detect.blazepose_models import landmark_model_status
+    from hmrcli.fit.landmarks import Landmarker
+    from hmrcli.sources import read_image
+
+    ok, why = landmark_model_status("heavy")
+    if not ok:
+        pytest.skip(f"BlazePose heavy is not installed here: {why}")
+    img = read_image(SAMPLES / "two_people_park.jpg")
+    box = np.array(TRUTH["two_people_park.jpg"]["persons"][1]["box_xyxy"], float)
+    out = {}
+    for model in ("full", "heavy"):
+        lm = Landmarker(num_rois=1, landmark_model=model)
+        try:
+            out[model] = lm(img, box)
+        finally:
+            lm.close()
+    body = (out["full"].conf2d > 0.5) & (out["heavy"].conf2d > 0.5)
+    d = np.linalg.norm(out["full"].kp2d[body] - out["heavy"].kp2d[body], axis=1)
+    assert body.sum() >= 10 and np.median(d) < 0.05 * (box[3] - box[1]), d
+    assert not np.allclose(out["full"].kp2d, out["heavy"].kp2d)  # another network really ran

@@ -125,3 +125,17 @@ def test_bbox_info_batched_torch():
     torch.testing.assert_close(
         info[1, 0], torch.tensor([(10 - 960) / f * 2.8, (20 - 540) / f * 2.8, (30 - 0.24 * f) / (0.06 * f)])
     )
+
+
+def test_box_iou_and_inside_fraction():
+    from hmrcli.geometry import box_inside_fraction, box_iou_xyxy
+
+    a = [0.0, 0.0, 10.0, 10.0]
+    assert box_iou_xyxy(a, a) == pytest.approx(1.0)
+    assert box_iou_xyxy(a, [5.0, 0.0, 15.0, 10.0]) == pytest.approx(50.0 / 150.0)
+    assert box_iou_xyxy(a, [20.0, 20.0, 30.0, 30.0]) == 0.0
+    assert box_iou_xyxy(a, [3.0, 3.0, 3.0, 9.0]) == 0.0  # empty box
+    many = box_iou_xyxy(np.array(a), np.array([a, [5.0, 0.0, 15.0, 10.0]]))
+    np.testing.assert_allclose(many, [1.0, 1.0 / 3.0])
+    assert box_inside_fraction([2.0, 2.0, 4.0, 4.0], a) == pytest.approx(1.0)
+    assert box_inside_fraction([5.0, 0.0, 15.0, 10.0], a) == pytest.approx(0.5)

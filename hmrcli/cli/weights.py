@@ -102,23 +102,26 @@ def fetch(
         try:
             path = install_landmark_model(model, source=from_file, download=from_file is None, timeout=timeout)
         except DetectorUnavailable as e:
-            stderr.print(f"error: {e}", markup=False, highlight=False)
-            raise typer.Exit(1) from None
-        if want_json(None):
-            print_json({"name": name, "path": str(path)})
-        else:
-            stdout.print(f"{name}: {path} (sha256 ok)")
+            _fail(e)
+        _fetched(name, path, " (sha256 ok)")
         return
-
     try:
         path = fetch_checkpoint(name, dest, timeout=timeout, overwrite=overwrite)
     except FetchError as e:
-        stderr.print(f"error: {e}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        _fail(e)
+    _fetched(name, path)
+
+
+def _fail(e: Exception) -> None:
+    stderr.print(f"error: {e}", markup=False, highlight=False)
+    raise typer.Exit(1) from None
+
+
+def _fetched(name: str, path: Path, note: str = "") -> None:
     if want_json(None):
         print_json({"name": name, "path": str(path)})
     else:
-        stdout.print(f"{name}: {path}")
+        stdout.print(f"{name}: {path}{note}")
 
 
 @weights_app.command("verify")

@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from hmrcli.assets import sha256_file
 from hmrcli.detect.base import DetectorUnavailable
 
 __all__ = ["LandmarkModelFile", "LANDMARK_FILES", "NPM_PACKAGE", "landmark_model_status", "ensure_landmark_model",
@@ -73,17 +74,9 @@ def _mediapipe_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "modules" / "pose_landmark"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _good(path: Path, spec: LandmarkModelFile) -> bool:
     try:
-        return path.is_file() and path.stat().st_size == spec.size and _sha256(path) == spec.sha256
+        return path.is_file() and path.stat().st_size == spec.size and sha256_file(path) == spec.sha256
     except OSError:
         return False
 

@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hmrcli.geometry import box_iou_xyxy
+
 __all__ = ["SSDDetection", "BlazePoseSSD", "ssd_anchors", "decode_ssd", "weighted_nms", "square_tiles",
            "litert_problem", "LITERT_HINT"]
 
@@ -106,15 +108,6 @@ def decode_ssd(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarra
     return scores[keep], vals
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of one box (4,) with boxes (N, 4), xyxy."""
-    ix = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    iy = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = ix * iy
-    area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
-
-
 def weighted_nms(scores: np.ndarray, values: np.ndarray, iou_thr: float = 0.3, box_cols: slice = slice(0, 4)
                  ) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe's weighted non-maximum suppression: the best remaining detection absorbs
@@ -128,7 +121,7 @@ def weighted_nms(scores: np.ndarray, values: np.ndarray, iou_thr: float = 0.3, b
         if not alive[i]:
             continue
         idx = np.flatnonzero(alive)
-        ov = _iou(values[i, box_cols], values[idx][:, box_cols])
+        ov = np.atleast_1d(box_iou_xyxy(values[i, box_cols], values[idx][:, box_cols]))
         grp = idx[ov > iou_thr]
         grp = np.union1d(grp, [i])
         w = scores[grp]

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from hmrcli.detect.base import Detection, DetectorUnavailable
+from hmrcli.geometry import box_inside_fraction, box_iou_xyxy
 
 __all__ = ["MediaPipeDetector", "BlazePoseResult", "blazepose_box", "INSTALL_HINT", "mediapipe_problem"]
 
@@ -116,26 +117,11 @@ def same_person(a: BlazePoseResult, b: BlazePoseResult, frac: float = 0.25, iou:
     d = float(np.median(np.linalg.norm(a.landmarks[sel] - b.landmarks[sel], axis=1)))
     if d < frac * max(_torso(a), _torso(b)):
         return True
-    return _box_iou(np.r_[a.landmarks.min(0), a.landmarks.max(0)], np.r_[b.landmarks.min(0), b.landmarks.max(0)]) > iou
+    return box_iou_xyxy(np.r_[a.landmarks.min(0), a.landmarks.max(0)], np.r_[b.landmarks.min(0), b.landmarks.max(0)]) > iou
 
 
 def _same_as_any(res: BlazePoseResult, found: list, box: np.ndarray | None = None) -> bool:
-    return any(same_person(res, r) or (box is not None and _box_iou(box, b) > 0.6) for r, b in found)
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = lambda x: max(0.0, x[2] - x[0]) * max(0.0, x[3] - x[1])  # noqa: E731
-    return inter / max(area(a) + area(b) - inter, 1e-9)
-
-
-def _inside(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of box a's area inside box b."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return ix * iy / max((a[2] - a[0]) * (a[3] - a[1]), 1e-9)
+    return any(same_person(res, r) or (box is not None and box_iou_xyxy(box, b) > 0.6) for r, b in found)
 
 
 def _face_box(res: BlazePoseResult) -> np.ndarray:
@@ -355,7 +341,7 @@ class MediaPipeDetector:
         h, w = img.shape[:2]
         found: list[tuple[BlazePoseResult, np.ndarray]] = []
         for cand in self._ssd(img):
-            if any(_inside(cand.face_xyxy, _face_box(r)) >= 0.7 for r, _ in found):
+            if any(box_inside_fraction(cand.face_xyxy, _face_box(r)) >= 0.7 for r, _ in found):
                 continue  # the face of someone found already
             face = float(max(cand.face_xyxy[2] - cand.face_xyxy[0], cand.face_xyxy[3] - cand.face_xyxy[1]))
             # MediaPipe's body square is 2.5 radii; 20 % more context, and never less than 6 face
@@ -374,14 +360,14 @@ class MediaPipeDetector:
             # second look on a crop fitted to the person found: a candidate crop that showed only
             # part of someone now shows all of them (and duplicates become recognisable)
             again = self.pose_in(img, _fitted_square(res))
-            if again is not None and (same_person(again, res) or _box_iou(_extent(again), _extent(res)) > 0.3):
+            if again is not None and (same_person(again, res) or box_iou_xyxy(_extent(again), _extent(res)) > 0.3):
                 res = again
             score = res.score if cand.score >= self.candidate_ok else res.score * cand.score / self.candidate_ok
             box = blazepose_box(res, (w, h), self.pad)
             if box is None or box[3] - box[1] < self.min_height or score < self.person_thr:
                 continue
             res.score = float(score)
-            dup = [k for k, (r, b) in enumerate(found) if same_person(res, r) or _box_iou(box, b) > 0.6]
+            dup = [k for k, (r, b) in enumerate(found) if same_person(res, r) or box_iou_xyxy(box, b) > 0.6]
             if dup:  # the same person seen from two candidates: keep the better-scored view
                 k = dup[0]
                 if res.score > found[k][0].score:
@@ -394,7 +380,7 @@ class MediaPipeDetector:
         # half as tall is a partial view of that person (legs, an arm), not someone else
         keep = []
         for r, b in found:
-            if any(_inside(b, b2) >= 0.8 and (b[3] - b[1]) < 0.5 * (b2[3] - b2[1]) for _, b2 in keep):
+            if any(box_inside_fraction(b, b2) >= 0.8 and (b[3] - b[1]) < 0.5 * (b2[3] - b2[1]) for _, b2 in keep):
                 continue
             keep.append((r, b))
         return keep

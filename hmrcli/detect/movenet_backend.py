@@ -42,6 +42,7 @@ import numpy as np
 
 from hmrcli import assets
 from hmrcli.detect.base import Detection, DetectorUnavailable
+from hmrcli.geometry import box_iou_xyxy
 
 __all__ = ["MoveNetDetector", "PoseDetection", "COCO17", "MODEL_ASSET", "INSTALL_HINT", "movenet_problem"]
 
@@ -98,14 +99,6 @@ def _torso(kp: np.ndarray, ks: np.ndarray, thr: float) -> float | None:
     return None
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = lambda x: max(0.0, x[2] - x[0]) * max(0.0, x[3] - x[1])  # noqa: E731
-    return inter / max(area(a) + area(b) - inter, 1e-9)
-
-
 def same_person(a: PoseDetection, b: PoseDetection, kpt_thr: float = 0.3, frac: float = 0.1,
                 iou: float = 0.7) -> bool:
     """Whether two detections show the same person: the keypoints confident in both (at
@@ -117,7 +110,7 @@ def same_person(a: PoseDetection, b: PoseDetection, kpt_thr: float = 0.3, frac: 
         size = max(a.model_box_xyxy[3] - a.model_box_xyxy[1], b.model_box_xyxy[3] - b.model_box_xyxy[1], 1.0)
         if d < frac * size:
             return True
-    return _iou(a.box_xyxy, b.box_xyxy) > iou
+    return box_iou_xyxy(a.box_xyxy, b.box_xyxy) > iou
 
 
 class MoveNetDetector:

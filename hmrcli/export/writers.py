@@ -58,6 +58,27 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def deterministic_npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``np.savez_compressed``'s format with fixed zip timestamps, order and modes, so that
+    identical arrays give identical bytes (for shipped model files whose sha256 is recorded).
+    Object arrays are refused (the files must load with ``allow_pickle=False``)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for key, val in arrays.items():
+            val = np.asarray(val)
+            if val.dtype == object:
+                raise ValueError(f"{key}: object arrays cannot be stored without pickle")
+            one = io.BytesIO()
+            np.lib.format.write_array(one, np.ascontiguousarray(val), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, one.getvalue(), compresslevel=9)
+    return buf.getvalue()
+
+
 _BAD = re.compile(r"[\x00-\x1f<>:\"|?*\\]")
 
 

@@ -25,6 +25,8 @@ floating dtype; numpy: float64 unless the input is already floating).
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._array import Array, as_arrays, broadcast, check_last_dim, namespace
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "PIXEL_STD",
     "box_aspect",
     "box_from_xyxy",
+    "box_inside_fraction",
+    "box_iou_xyxy",
     "box_to_center_scale",
     "box_wh",
     "center_scale_to_box",
@@ -158,3 +162,29 @@ def center_scale_to_box(center: Array, scale: Array) -> Array:
     xp = namespace(center)
     cx, cy, b = broadcast(center[..., 0], center[..., 1], scale * PIXEL_STD)
     return xp.stack([cx, cy, b], -1)
+
+
+def _area_xyxy(b: np.ndarray) -> np.ndarray:
+    return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+
+
+def _intersection_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    return ix * iy
+
+
+def box_iou_xyxy(a, b) -> np.ndarray:
+    """Intersection over union of xyxy boxes (pixels), broadcasting ``a`` (..., 4) against
+    ``b`` (..., 4); 0 for empty boxes. A float for two single boxes."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    inter = _intersection_xyxy(a, b)
+    out = inter / np.maximum(_area_xyxy(a) + _area_xyxy(b) - inter, 1e-12)
+    return float(out) if out.ndim == 0 else out
+
+
+def box_inside_fraction(a, b) -> np.ndarray:
+    """Fraction of box ``a``'s area that lies inside box ``b`` (xyxy, broadcasting)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out = _intersection_xyxy(a, b) / np.maximum(_area_xyxy(a), 1e-12)
+    return float(out) if out.ndim == 0 else out
