@@ -1,6 +1,6 @@
 """Does Multi-RoI help the landmark stage? Rendered synthetic people through BlazePose.
 
-Random plausible bodies (free body model, hmrcli.fit.synthetic) are rendered with the
+Random plausible bodies (free body model, hmrcli.bench.fit_synthetic) are rendered with the
 project's renderer (grey shaded, untextured) over procedural backgrounds (colour noise +
 gradients) in 1280x720 images, one person per image at 3-8 m. For each image BlazePose runs
 on 1 RoI (one square crop around the true person box) and on the 5 Multi-RoI crops (fused),
@@ -23,7 +23,7 @@ from hmrcli import geometry as G
 from hmrcli.body import load_body_model
 from hmrcli.fit.landmarks import Landmarker
 from hmrcli.fit.optimize import FitTargets, KeypointBody, fit_bodies
-from hmrcli.fit.synthetic import evaluate_fit, synthetic_people
+from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
 from hmrcli.render import render
 
 

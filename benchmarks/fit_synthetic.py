@@ -1,7 +1,7 @@
 """The fitting engine's synthetic check with figures (JSON on stdout).
 
 Random plausible bodies (free body model) at 3-10 m, COCO-17 keypoints observed with 2 px
-(2D) and 2 cm (3D) noise (hmrcli.fit.synthetic); the batched fit; PA-MPJPE (24 joints and
+(2D) and 2 cm (3D) noise (hmrcli.bench.fit_synthetic); the batched fit; PA-MPJPE (24 joints and
 17 keypoints), camera-distance error, reprojection error and seconds per person for
 several batch sizes. Usage: python benchmarks/fit_synthetic.py [--n 64] [--seed 0] [--threads 2]
 """
@@ -16,7 +16,7 @@ import torch
 
 from hmrcli.body import load_body_model
 from hmrcli.fit.optimize import KeypointBody, fit_bodies
-from hmrcli.fit.synthetic import evaluate_fit, synthetic_people
+from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
 
 
 def main() -> None:

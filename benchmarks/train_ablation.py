@@ -4,7 +4,7 @@ Runs ``hmrcli train`` four times with identical data, seed, schedule and budget:
 
 * ``M=1 (CLIFF-like)``: the CLIFF regressor, one RoI (no fusion, no camera-consistency or
   contrastive loss, which need several RoIs);
-* ``M=5 full``: Multi-RoI with fusion, all losses (METHOD.md section 5 weights);
+* ``M=5 full``: Multi-RoI with fusion, all losses (docs/method.md §6 weights);
 * ``M=5 without L_cam``: ``losses.camera = 0``;
 * ``M=5 without L_contrast``: ``losses.contrast = 0``;
 

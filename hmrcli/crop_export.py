@@ -15,7 +15,6 @@ files of an earlier run with more persons are not removed.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,7 +26,14 @@ import numpy as np
 from hmrcli import geometry as G
 from hmrcli._version import __version__
 from hmrcli.export.writers import atomic_write_bytes, atomic_write_text
-from hmrcli.records import CROP_EVENT_SCHEMA, CROPS_SCHEMA, batch_exit_code, error_record, source_fields
+from hmrcli.files import append_json_line
+from hmrcli.records import (
+    CROP_EVENT_SCHEMA,
+    CROPS_SCHEMA,
+    batch_exit_code,
+    error_record,
+    source_fields,
+)
 
 __all__ = ["CROPS_SCHEMA", "CROP_EVENT_SCHEMA", "CropOptions", "CropSummary", "person_crops", "crop_record",
            "run_crops"]
@@ -126,13 +132,7 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def _append_error(out: Path, rec: dict[str, str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(out / "errors.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_json_line(out / "errors.jsonl", rec)
 
 
 def run_crops(detected: Iterable[Any], opts: CropOptions,

@@ -229,7 +229,7 @@ def _default_infer(report: dict[str, Any]) -> dict[str, Any]:
     engine = "regress" if ckpt else "fit"
     if engine == "regress":
         try:
-            from hmrcli.nn.registry import resolve_checkpoint
+            from hmrcli.weights.catalogue import resolve_checkpoint
 
             resolve_checkpoint(ckpt)
         except Exception as e:

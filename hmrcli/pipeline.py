@@ -64,7 +64,13 @@ import numpy as np
 from hmrcli._version import __version__
 from hmrcli.assets import sha256_file
 from hmrcli.engine.regress import PersonBox, PersonEstimate
-from hmrcli.export.writers import atomic_write_bytes, atomic_write_text, mesh_bytes, npz_bytes
+from hmrcli.export.writers import (
+    atomic_write_bytes,
+    atomic_write_text,
+    mesh_bytes,
+    npz_bytes,
+)
+from hmrcli.files import append_json_line, write_all
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
 from hmrcli.records import batch_exit_code, error_record
 from hmrcli.sources import ImageReadError, ImageSource, read_image
@@ -275,21 +281,12 @@ class Manifest:
             if self._needs_newline:  # a torn last line (killed mid-write): start on a new line
                 data = b"\n" + data
                 self._needs_newline = False
-        _write_all(self._fd, data)
+        write_all(self._fd, data)
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """One ``os.write`` (O_APPEND: atomic with respect to other appenders); a short write,
-    which only a full disk causes, is completed."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def run_settings(engine: Any, opts: InferOptions, detector: Any = None, boxes: Any = None,
@@ -320,7 +317,7 @@ def run_settings(engine: Any, opts: InferOptions, detector: Any = None, boxes: A
     ckpt_sha = None
     if opts.checkpoint:
         try:
-            from hmrcli.nn.registry import resolve_checkpoint
+            from hmrcli.weights.catalogue import resolve_checkpoint
 
             ckpt_sha = sha_of(resolve_checkpoint(opts.checkpoint))
         except Exception:
@@ -514,13 +511,7 @@ def _write_overlay(dirpath: Path, image: np.ndarray, ests: list[PersonEstimate],
 
 
 def _append_error(out: Path, rec: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(out / ERRORS_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        _write_all(fd, line)  # one write with O_APPEND: lines never interleave
-    finally:
-        os.close(fd)
+    append_json_line(out / ERRORS_NAME, rec)
 
 
 # --------------------------------------------------------------------------- loader

@@ -80,16 +80,22 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import sys
-from pathlib import Path
+import unicodedata
+from pathlib import Path, PurePath
 from typing import Any, Iterable
 
 import numpy as np
 
 __all__ = ["batch_exit_code", "DETECTIONS_SCHEMA", "CROPS_SCHEMA", "CROP_EVENT_SCHEMA", "ERROR_SCHEMA",
            "SUMMARY_SCHEMA", "read_detections", "read_detection_records", "parse_detection_records",
-           "parse_input_text", "detection_record", "error_record", "source_fields", "validate_person"]
+           "parse_input_text", "detection_record", "error_record", "source_fields", "validate_person",
+           "coco_to_records", "is_coco_document", "sort_persons", "safe_relative_name"]
+
+log = logging.getLogger(__name__)
 
 DETECTIONS_SCHEMA = "hmrcli.detections/1"
 CROPS_SCHEMA = "hmrcli.crops/1"
@@ -208,6 +214,86 @@ def _record_from_line(rec: dict[str, Any], where: str) -> dict[str, Any] | None:
                      "hmrcli.crop-event or hmrcli.crops records)")
 
 
+_BAD = re.compile(r"[\x00-\x1f<>:\"|?*\\]")
+
+
+def safe_relative_name(rel: str | PurePath) -> str:
+    """A relative output name that cannot leave the output folder: ``..``, absolute
+    prefixes, control and reserved characters are replaced; non-ASCII letters are kept."""
+    parts = []
+    for p in PurePath(rel).parts:
+        if p in ("", ".", "..", "/") or p.endswith(":\\"):
+            continue
+        p = unicodedata.normalize("NFC", _BAD.sub("_", p)).strip()
+        if p in ("", ".", ".."):
+            continue
+        parts.append(p)
+    if not parts:
+        raise ValueError(f"cannot make an output name from {str(rel)!r}")
+    return "/".join(parts)
+
+
+def is_coco_document(obj: Any) -> bool:
+    """THE rule for what a COCO annotations document is (boxes files, input lists): a JSON
+    object with ``images`` or ``annotations``. :func:`coco_to_records` then requires both."""
+    return isinstance(obj, dict) and ("annotations" in obj or "images" in obj)
+
+
+def coco_to_records(coco: dict[str, Any], name: str = "<coco>", category: str | int = "person") -> list[dict[str, Any]]:
+    """COCO annotations -> ``hmrcli.detections/1`` records (one per image, in file order)."""
+    if not isinstance(coco.get("images"), list) or not isinstance(coco.get("annotations"), list):
+        raise ValueError(f"{name}: a COCO file needs 'images' and 'annotations' lists")
+    cats = coco.get("categories") or []
+    if isinstance(category, int) or (isinstance(category, str) and category.isdigit()):
+        cat_ids = {int(category)}
+    elif cats:
+        cat_ids = {int(c["id"]) for c in cats if str(c.get("name", "")).lower() == str(category).lower()}
+        if not cat_ids:
+            names = ", ".join(sorted(str(c.get("name")) for c in cats)[:20])
+            raise ValueError(f"{name}: no category named {category!r} (categories: {names})")
+    else:
+        cat_ids = {1}  # COCO's person id
+    images: dict[Any, dict[str, Any]] = {}
+    order = []
+    for i, im in enumerate(coco["images"]):
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+            raise ValueError(f"{name}: images[{i}] needs 'id' and 'file_name'")
+        rec = {"schema": "hmrcli.detections/1", "path": str(im["file_name"]),
+               "width": int(im.get("width") or 0), "height": int(im.get("height") or 0), "persons": []}
+        images[im["id"]] = rec
+        order.append(rec)
+    skipped = 0
+    for i, ann in enumerate(coco["annotations"]):
+        where = f"{name}: annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise ValueError(f"{where}: not an object")
+        if int(ann.get("category_id", -1)) not in cat_ids or ann.get("iscrowd", 0):
+            continue
+        if ann.get("image_id") not in images:
+            raise ValueError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise ValueError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
+        if not (w > 0 and h > 0):
+            skipped += 1  # COCO has a few empty boxes; they are no person to crop
+            continue
+        person = {"box_xyxy": [x, y, x + w, y + h], "score": ann.get("score"), "class": "person", "detector": "coco"}
+        if "id" in ann:
+            person["annotation_id"] = ann["id"]
+        images[ann["image_id"]]["persons"].append(validate_person(person, where))
+    if skipped:
+        log.warning("%s: skipped %d person annotations with an empty box", name, skipped)
+    for rec in order:
+        sort_persons(rec["persons"])
+    return order
+
+
+def sort_persons(persons: list[dict[str, Any]]) -> None:
+    """Persons by descending score (persons without a score last, order kept)."""
+    persons.sort(key=lambda p: -p["score"] if p.get("score") is not None else float("inf"))  # stable
+
+
 def parse_input_text(text: str, name: str = "<stdin>") -> tuple[str, list[Any]]:
     """What an input list (stdin, a ``.jsonl`` given as input) holds:
 
@@ -230,7 +316,7 @@ def parse_input_text(text: str, name: str = "<stdin>") -> tuple[str, list[Any]]:
         whole = json.loads(text)
     except json.JSONDecodeError:
         whole = None
-    if isinstance(whole, dict) and "annotations" in whole and "images" in whole:
+    if is_coco_document(whole):
         return "coco", whole
     out: list[dict[str, Any]] = []
     index: dict[str, int] = {}

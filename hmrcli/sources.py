@@ -21,7 +21,7 @@ Expanding inputs (:func:`expand_inputs`)
   persons), whose boxes the commands use instead of a detector. See :mod:`hmrcli.records`.
 
 Every source has an output ``name`` (relative, never escaping the output folder: ``..`` and
-absolute prefixes are dropped by :func:`hmrcli.export.writers.safe_relative_name`): the path
+absolute prefixes are dropped by :func:`hmrcli.records.safe_relative_name`): the path
 below a given folder or glob base, else the file name; a video frame is
 ``<video name>/frame_000123.png`` (frame index, from 0). Names are unique: a clash (``a/x.jpg``
 and ``b/x.jpg`` given as files) is resolved with more of the path, then ``~2``, ``~3``...
@@ -72,6 +72,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from hmrcli.records import coco_to_records, parse_input_text, safe_relative_name
 
 __all__ = [
     "ImageSource", "ImageReadError", "ImageInfo", "expand_inputs", "read_image", "decode_image", "probe_image",
@@ -740,8 +742,6 @@ def _glob_base(pattern: str) -> str:
 
 class _Collector:
     def __init__(self, frame_stride: int, stdin: Any) -> None:
-        from hmrcli.export.writers import safe_relative_name
-
         self.safe = safe_relative_name
         self.stride = max(1, int(frame_stride))
         self.stdin = stdin
@@ -847,16 +847,12 @@ class _Collector:
         rec(root)
 
     def add_text(self, text: str, source: str) -> None:
-        from hmrcli.records import parse_input_text
-
         kind, items = parse_input_text(text, source)
         if kind == "paths":
             for item in items:
                 self.item(item)
             return
         if kind == "coco":
-            from hmrcli.detect.boxes_backend import coco_to_records
-
             items = coco_to_records(items, source)
         for s in sources_from_records(items):
             self.add(s.path, s.name, s.video, s.frame, s.record)
@@ -905,8 +901,6 @@ def sources_from_records(records: Iterable[dict[str, Any]]) -> list[ImageSource]
     Output names: the record's ``name`` when given (what ``hmrcli detect`` writes), else the
     path as written when relative, else the path below the records' common folder. Video
     frames (``path`` ``<video>#frame=<k>``, or ``video`` + ``frame`` fields) read the frame."""
-    from hmrcli.export.writers import safe_relative_name
-
     recs = list(records)
     merged: dict[str, dict[str, Any]] = {}
     for rec in recs:  # the same path twice: the later record wins (as the boxes backend does)

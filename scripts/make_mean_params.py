@@ -7,7 +7,7 @@ redistributed. hmrcli ships a start point it derives itself, in the same file la
 (``pose`` (144,) 6D per joint, ``shape`` (10,), ``cam`` (3,)):
 
 * pose: every joint at the identity rotation (the rest pose of the body model, a T-pose),
-  written in the 6D layout of METHOD.md section 3 (3x2 matrix row by row -> [1,0,0,1,0,0]);
+  written in the 6D layout of docs/method.md §5 (3x2 matrix row by row -> [1,0,0,1,0,0]);
 * shape: zeros (the mean body of the shape space);
 * cam: [0.9, 0, 0] (the weak-perspective start value SPIN/CLIFF use).
 

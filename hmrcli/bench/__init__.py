@@ -1,2 +1,2 @@
 """Accuracy benchmarks: 3DPW / Human3.6M metrics, dataset readers, a synthetic dataset
-and the evaluation loop behind ``hmrcli benchmark`` (METHOD.md section 6)."""
+and the evaluation loop behind ``hmrcli benchmark`` (docs/method.md §7)."""

@@ -1,6 +1,6 @@
 """Readers for the benchmark datasets -> a flat list of :class:`Sample`.
 
-Supported layouts (all files come from the user; see METHOD.md section 6):
+Supported layouts (all files come from the user; see docs/method.md §7):
 
 * SPIN-style preprocessed ``3dpw_test.npz`` (``imgname, center, scale, pose (N,72),
   shape (N,10), gender ('m'/'f')``): pose has the global orientation in the camera

@@ -1,4 +1,4 @@
-"""The evaluation loop behind ``hmrcli benchmark`` (protocol: METHOD.md section 6,
+"""The evaluation loop behind ``hmrcli benchmark`` (protocol: docs/method.md §7,
 metrics: :mod:`hmrcli.bench.metrics`, all in millimetres).
 
 A *predictor* maps samples to SMPL parameters; the same loop scores the network
@@ -90,7 +90,7 @@ class NetworkPredictor:
 
     def __init__(self, checkpoint: str | os.PathLike, body, device: str = "cpu", batch_size: int = 16,
                  aggregation: str | None = None, precision: str = "fp32", detector=None):
-        from hmrcli.api import load_regressor
+        from hmrcli.weights.catalogue import load_regressor
         from hmrcli.engine.regress import RegressionEngine
 
         self.model = load_regressor(checkpoint, device=device, aggregation=aggregation)
@@ -185,9 +185,9 @@ def check_assets(smpl_dir: str | os.PathLike | None, genders: set[str], h36m_reg
 def published_figures(checkpoint: str | None, dataset: str) -> list[dict[str, Any]]:
     """Published figures from ``models/registry.json`` for ``dataset``: the checkpoint's own
     (matched by registry name or file name) and the papers' (Multi-RoI)."""
-    from hmrcli.nn.registry import _registry
+    from hmrcli.weights.catalogue import registry_document
 
-    reg = _registry()
+    reg = registry_document()
     out = []
     ck = Path(str(checkpoint)).name if checkpoint else None
     for name, e in reg.get("checkpoints", {}).items():

@@ -1,4 +1,4 @@
-"""Mesh-recovery metrics, exactly as SPIN / CLIFF / Multi-RoI evaluate 3DPW (METHOD.md §6).
+"""Mesh-recovery metrics, exactly as SPIN / CLIFF / Multi-RoI evaluate 3DPW (docs/method.md §7).
 
 Protocol:
 

@@ -64,7 +64,7 @@ COCO17_NAMES: tuple[str, ...] = (
     "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
 # Standard Human3.6M naming of SPIN's 17-joint regressor. SPIN's evaluation map to the 14 LSP
-# joints ([6,5,4,1,2,3,16,15,14,...], METHOD.md section 6) sends joints 6,5,4 to LSP's *right*
+# joints ([6,5,4,1,2,3,16,15,14,...], docs/method.md §7) sends joints 6,5,4 to LSP's *right*
 # leg, i.e. the left/right labels of the released regressor and this list may be swapped; the
 # metrics only use the index map, applied to prediction and ground truth alike.
 H36M17_NAMES: tuple[str, ...] = (

@@ -1,5 +1,5 @@
 """``hmrcli benchmark``: 3DPW / Human3.6M accuracy (MPJPE, PA-MPJPE, PVE in mm) of a
-checkpoint, next to the published figures (protocol: METHOD.md section 6)."""
+checkpoint, next to the published figures (protocol: docs/method.md §7)."""
 
 from __future__ import annotations
 

@@ -215,6 +215,8 @@ def _install_signal_handlers(stop, note) -> dict:
     """SIGINT / SIGTERM: the first asks the run to stop after the current batch, the second
     abandons the batch (KeyboardInterrupt; its images are redone by the next run), a third
     exits at once (as safe as kill -9: every file is written atomically)."""
+    from hmrcli.pipeline import SIGNAL_EXIT_CODES  # (was unbound here: the third signal raised NameError)
+
     count = [0]
 
     def handler(signum, frame):

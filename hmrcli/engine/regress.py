@@ -4,7 +4,7 @@ Per person: the detector box becomes the crop box (CLIFF's rule for the checkpoi
 aspect), the M RoIs of the fixed layout are cropped, ``bbox_info`` is computed with the
 image's focal length, the network regresses pose/shape/local camera per RoI, the person's
 estimate follows the checkpoint's aggregation, and RoI 0's local camera gives the
-full-image perspective camera (METHOD.md section 4). Batched over persons.
+full-image perspective camera (docs/method.md §4). Batched over persons.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class RegressionEngine:
             "roi_convention": "box (cx, cy, b): centre and size in pixels, b = crop height for "
                               f"{cfg.aspect} crops {cfg.crop_hw[0]}x{cfg.crop_hw[1]} (HxW); cam_local (s, tx, ty) "
                               "weak-perspective in normalised crop coordinates; t = RoI 0's camera converted "
-                              "(METHOD.md section 4)",
+                              "(docs/method.md §4)",
             "aggregation": cfg.aggregation,
             "regressor": {"arch": cfg.arch, "backbone": cfg.backbone, "num_rois": cfg.num_rois,
                           "checkpoint": self.model.config.provenance.get("source_file", "")},

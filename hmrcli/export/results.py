@@ -45,7 +45,13 @@ from typing import Any
 import numpy as np
 
 from hmrcli._version import __version__
-from hmrcli.export.writers import atomic_write_bytes, atomic_write_text, mesh_bytes, npz_bytes
+from hmrcli.export.writers import (
+    atomic_write_bytes,
+    atomic_write_text,
+    mesh_bytes,
+    npz_bytes,
+)
+from hmrcli.files import append_json_line
 from hmrcli.records import batch_exit_code
 
 __all__ = [
@@ -380,13 +386,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _append_error(out: Path, rec: dict[str, str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(out / "errors.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)  # one write with O_APPEND: lines never interleave
-    finally:
-        os.close(fd)
+    append_json_line(out / "errors.jsonl", rec)
 
 
 def run_export(

@@ -3,40 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import re
-import tempfile
-import unicodedata
-from pathlib import Path, PurePath
 
 import numpy as np
 
+from hmrcli.files import atomic_write_bytes, atomic_write_text  # the one atomic writer
+from hmrcli.records import safe_relative_name  # the output-naming rule lives with the records
+
 __all__ = ["atomic_write_bytes", "atomic_write_text", "mesh_bytes", "npz_bytes", "safe_relative_name"]
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the target folder, fsync, then rename over
-    ``path``: readers never see a partial file, and a crash leaves no partial output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def mesh_bytes(vertices: np.ndarray, faces: np.ndarray, fmt: str) -> bytes:
@@ -79,20 +52,3 @@ def deterministic_npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-_BAD = re.compile(r"[\x00-\x1f<>:\"|?*\\]")
-
-
-def safe_relative_name(rel: str | PurePath) -> str:
-    """A relative output name that cannot leave the output folder: ``..``, absolute
-    prefixes, control and reserved characters are replaced; non-ASCII letters are kept."""
-    parts = []
-    for p in PurePath(rel).parts:
-        if p in ("", ".", "..", "/") or p.endswith(":\\"):
-            continue
-        p = unicodedata.normalize("NFC", _BAD.sub("_", p)).strip()
-        if p in ("", ".", ".."):
-            continue
-        parts.append(p)
-    if not parts:
-        raise ValueError(f"cannot make an output name from {str(rel)!r}")
-    return "/".join(parts)

@@ -35,7 +35,7 @@ REFINERS = ("fit", "pc-hmr")
 
 ROI_CONVENTION_FIT = ("box (cx, cy, b): centre and size in pixels of the square RoIs BlazePose ran on; "
                       "cam_local (s, tx, ty): the fitted full camera expressed as each RoI's weak-perspective "
-                      "camera (METHOD.md section 4, inverse direction)")
+                      "camera (docs/method.md §4, inverse direction)")
 
 
 def _landmarks_for(landmarker: Landmarker, image: np.ndarray, persons: list[PersonBox]):

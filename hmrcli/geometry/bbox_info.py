@@ -1,4 +1,4 @@
-"""CLIFF's box information, the extra regressor input (METHOD.md section 2).
+"""CLIFF's box information, the extra regressor input (docs/method.md §3).
 
 With an image of ``W x H`` pixels and focal length ``f`` (pixels)::
 

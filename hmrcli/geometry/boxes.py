@@ -57,7 +57,7 @@ BOX_ASPECTS = {"rect": 0.75, "square": 1.0}
 #: ``square``: SPIN's rule for keypoint/OpenPose/annotation boxes
 #: (``b = max(w, h) * 1.2``, SPIN ``bbox_from_openpose``/``bbox_from_json``;
 #: the Multi-RoI code's ``bbox_conv_bboxXYHW_to_bbox_centerscale`` is the same).
-#: METHOD.md section 1 also notes CLIFF's 3DPW evaluation uses a 1.2 rescale of
+#: docs/method.md §2 also notes CLIFF's 3DPW evaluation uses a 1.2 rescale of
 #: the keypoint box.
 DEFAULT_RESCALE = {"rect": 1.1, "square": 1.2}
 

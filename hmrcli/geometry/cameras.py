@@ -1,5 +1,5 @@
 r"""Cameras: local weak-perspective crop cameras, the full perspective camera,
-projection, and the Multi-RoI camera-consistency terms (METHOD.md section 4).
+projection, and the Multi-RoI camera-consistency terms (docs/method.md §4).
 
 Frames and units
 ----------------

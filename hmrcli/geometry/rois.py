@@ -1,4 +1,4 @@
-"""The fixed Multi-RoI layout (paper section 3.2.1 / 3.5, METHOD.md section 1).
+"""The fixed Multi-RoI layout (paper section 3.2.1 / 3.5, docs/method.md §2).
 
 From one person box ``B = (cx, cy, b)`` (pixels, see :mod:`.boxes`) the
 method crops ``M <= 5`` regions, in this order::

@@ -1,6 +1,6 @@
 """Rotation representations: the HMR/SPIN/CLIFF 6D representation and axis-angle.
 
-6D convention (METHOD.md section 3; SPIN/CLIFF ``rot6d_to_rotmat``): the six
+6D convention (docs/method.md §5; SPIN/CLIFF ``rot6d_to_rotmat``): the six
 numbers are read as a 3x2 matrix **row by row**, so its columns are
 ``a1 = x[[0, 2, 4]]`` and ``a2 = x[[1, 3, 5]]``; then
 ``b1 = a1 / |a1|``, ``b2 = normalise(a2 - (b1 . a2) b1)``, ``b3 = b1 x b2``

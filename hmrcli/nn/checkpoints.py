@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hmrcli.files import atomic_write_bytes, atomic_write_text
+
 __all__ = [
     "CheckpointError",
     "RegressorConfig",
@@ -234,17 +236,12 @@ def load_checkpoint(path: str | os.PathLike, aggregation: str | None = None) -> 
 
 def save_native(model: nn.Module, cfg: RegressorConfig, out: str | os.PathLike) -> Path:
     """Write ``OUT.safetensors`` + ``OUT.json`` atomically; returns the weights path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out)
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp_w = out.with_name(f".{out.name}.tmp")
-    tmp_c = out.with_name(f".{out.stem}.json.tmp")
-    save_file(sd, str(tmp_w), metadata={"format": "hmrcli.regressor/1"})
-    tmp_c.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
-    os.replace(tmp_w, out)
-    os.replace(tmp_c, out.with_suffix(".json"))
+    atomic_write_bytes(out, save(sd, metadata={"format": "hmrcli.regressor/1"}))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(cfg.to_json(), indent=2) + "\n")
     return out

@@ -1,7 +1,7 @@
 """The Multi-RoI HMR regressor (and CLIFF, its single-RoI baseline).
 
 Follows the authors' code (``HMR_sim`` / ``HMR_sim_hrnet``) as stated in
-``METHOD.md`` section 3, so their checkpoints load:
+``docs/method.md`` §5, so their checkpoints load:
 
 * one shared backbone over the M crops of a person -> features ``h_m`` (D);
 * relative box encoding ``PE(bbox_info_m - bbox_info_n)``, NeRF style, L = 32;

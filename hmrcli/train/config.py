@@ -12,7 +12,7 @@ tuples as JSON (``[256, 192]``) or comma-separated (``256,192``), sections and l
 sections as JSON (``data.train=[{"path": "a.npz"}]``). Unknown keys are errors (with
 the closest valid names).
 
-Defaults are the authors' training set-up where the method states one (METHOD.md
+Defaults are the authors' training set-up where the method states one (docs/method.md
 section 5: loss weights, Adam, lr 1e-4, batch 48, M = 5, 256x192 crops, ResNet-50).
 """
 
@@ -105,7 +105,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     """Weights (0 = term off, not computed) and options of the training losses
-    (:mod:`hmrcli.train.losses`). Defaults: METHOD.md section 5."""
+    (:mod:`hmrcli.train.losses`). Defaults: docs/method.md §6."""
 
     scale: float = 60.0
     kp2d: float = 5.0

@@ -12,7 +12,7 @@ key                    shape            dtype    meaning
 =====================  ===============  =======  ==================================================
 ``img``                (M, 3, h, w)     float32  RGB crops of the M RoIs, ImageNet-normalised
                                                  (``uint8`` 0..255 when ``normalize=False``)
-``bbox_info``          (M, 3)           float32  CLIFF box information of each RoI (METHOD.md §2)
+``bbox_info``          (M, 3)           float32  CLIFF box information of each RoI (docs/method.md §3)
                                                  with this sample's focal length
 ``rois``               (M, 3)           float32  RoI boxes ``(cx, cy, b)``, full-image px; row 0 is
                                                  the person box (after box jitter)

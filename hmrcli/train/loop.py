@@ -37,6 +37,7 @@ Nothing here prints: progress goes to the ``progress`` callback as dicts (``even
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hmrcli.files import atomic_write_bytes
 from hmrcli.train.config import TrainConfig, config_to_dict
 
 __all__ = [
@@ -134,8 +136,13 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str,
     names that did not load: ``missing`` (in the model, not in the file), ``unexpected``
     (in the file only) and ``shape_mismatch`` (``[name, file shape, model shape]``).
     """
-    from hmrcli.nn.checkpoints import CheckpointError, detect_layout, read_state_dict, to_native
-    from hmrcli.nn.registry import resolve_checkpoint
+    from hmrcli.nn.checkpoints import (
+        CheckpointError,
+        detect_layout,
+        read_state_dict,
+        to_native,
+    )
+    from hmrcli.weights.catalogue import resolve_checkpoint
 
     try:
         p = resolve_checkpoint(path)
@@ -249,9 +256,9 @@ def latest_state(output: str | os.PathLike) -> Path | None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _append_jsonl(path: Path, obj: dict[str, Any]) -> None:
@@ -340,7 +347,12 @@ def _provenance(cfg: TrainConfig, step: int, body, init_report, metrics, last_lo
 def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None) -> TrainResult:
     """Train (or resume training) as configured; see the module docstring."""
     from hmrcli.body import load_body_model
-    from hmrcli.nn.checkpoints import RegressorConfig, build_model, read_state_dict, save_native
+    from hmrcli.nn.checkpoints import (
+        RegressorConfig,
+        build_model,
+        read_state_dict,
+        save_native,
+    )
     from hmrcli.nn.mean_params import load_mean_params
     from hmrcli.train.data import GlobalIndexSampler
     from hmrcli.train.losses import MultiRoILoss, targets_from_batch

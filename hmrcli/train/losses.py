@@ -1,4 +1,4 @@
-"""Training losses of Multi-RoI HMR (METHOD.md section 5, the papers' Eq. 7/11-16/19).
+"""Training losses of Multi-RoI HMR (docs/method.md §6, the papers' Eq. 7/11-16/19).
 
 ``L = scale * (w2d L2D + w3d L3D + wvert Lvert + wpose Lpose + wbeta Lbeta + wcam Lcam
 + wcon Lcontrast)``, by default ``60 * (5, 5, 1, 1, 0.001, 1, 0.1)`` (the authors' values).

@@ -28,7 +28,7 @@ What :func:`write_synthetic_dataset` writes under ``root``:
 * ``<name>.json``: the generator settings, counts and this disclaimer.
 
 Scene model: focal length = image diagonal, principal point at the image centre (CLIFF's
-assumption, METHOD.md §4); poses from :func:`hmrcli.body.pose_limits.sample_plausible_pose`,
+assumption, docs/method.md §4); poses from :func:`hmrcli.body.pose_limits.sample_plausible_pose`,
 betas ~ N(0, 1) clipped to +-2, heading uniform, +-0.1 rad tilt; the pelvis on a random
 ray through the image at 3-8 m; people whose box is mostly outside the image, too small, or
 overlapping another person's box too much are re-drawn.  Every image comes from

@@ -1,4 +1,4 @@
-"""Known checkpoints (``models/registry.json``): name -> file resolution, fetch, verify.
+"""The weights catalogue (``models/registry.json``): name -> file resolution, fetch, verify.
 
 Registry entry fields: ``filename``, ``layout``, ``arch``, ``backbone``, ``num_rois``,
 ``url`` (direct download URL, or null when the publisher only offers an interactive page),
@@ -22,17 +22,23 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from hmrcli import assets
-from hmrcli.nn.checkpoints import CheckpointError
+import torch
+from torch import nn
 
-__all__ = ["known_checkpoints", "resolve_checkpoint", "fetch_checkpoint", "verify_checkpoint", "FetchError"]
+from hmrcli import assets
+from hmrcli.nn.checkpoints import CheckpointError, load_checkpoint
+from hmrcli.weights.readers import read_mmdet_checkpoint
+
+__all__ = ["load_regressor", "known_checkpoints", "resolve_checkpoint", "fetch_checkpoint", "verify_checkpoint", "FetchError",
+           "registry_document"]
 
 
 class FetchError(RuntimeError):
     """A checkpoint could not be downloaded; the message says how to place it by hand."""
 
 
-def _registry() -> dict[str, Any]:
+def registry_document() -> dict[str, Any]:
+    """``models/registry.json`` as a dict (all sections, including the published figures)."""
     return json.loads(assets.asset_path("registry.json").read_text())
 
 
@@ -43,7 +49,7 @@ SECTIONS = ("checkpoints", "detectors")
 def known_checkpoints(section: str | None = None) -> dict[str, dict[str, Any]]:
     """Registry entries by name: one section (``"checkpoints"``: regressors, ``"detectors"``)
     or, by default, both."""
-    reg = _registry()
+    reg = registry_document()
     out: dict[str, dict[str, Any]] = {}
     for sec in (section,) if section else SECTIONS:
         out.update(reg.get(sec, {}))
@@ -142,8 +148,6 @@ def fetch_checkpoint(
 def verify_checkpoint(path_or_name: str | os.PathLike) -> dict[str, Any]:
     """sha256 of a checkpoint file, compared with the registry when the file is known,
     and whether it loads (layout, architecture, backbone, M)."""
-    from hmrcli.nn.checkpoints import load_checkpoint
-
     path = resolve_checkpoint(path_or_name)
     digest = assets.sha256_file(path)
     reg = known_checkpoints()
@@ -170,8 +174,6 @@ def verify_checkpoint(path_or_name: str | os.PathLike) -> dict[str, Any]:
 def _verify_detector(path: Path, entry: dict[str, Any], rep: dict[str, Any]) -> dict[str, Any]:
     """Detector weights: readable without running code (the detector framework itself is
     not needed for this check)."""
-    from hmrcli.detect.mmdet_backend import read_mmdet_checkpoint
-
     try:
         sd, _meta = read_mmdet_checkpoint(path)
         rep.update(loads=True, layout=entry.get("framework", "mmdet"), arch=entry.get("arch"),
@@ -180,3 +182,21 @@ def _verify_detector(path: Path, entry: dict[str, Any], rep: dict[str, Any]) -> 
         rep.update(loads=False, error=str(e))
     rep["ok"] = rep["loads"] and rep.get("sha256_ok") is not False
     return rep
+
+
+def load_regressor(
+    path_or_name: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    aggregation: str | None = None,
+) -> nn.Module:
+    """Load a regressor from a checkpoint file (native, authors' Multi-RoI or CLIFF layout)
+    or a registry name (``models/registry.json``, looked up in the checkpoints folder).
+
+    Returns the network in eval mode on ``device``; its :class:`RegressorConfig` is
+    ``model.config``. ``forward(crops (B,M,3,H,W), bbox_info (B,M,3))`` returns a
+    :class:`hmrcli.nn.multiroi.RegressorOutput`.
+    """
+    path = resolve_checkpoint(path_or_name)
+    model, cfg = load_checkpoint(path, aggregation=aggregation)
+    model.config = cfg
+    return model.to(device).eval()
