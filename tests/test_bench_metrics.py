@@ -1,4 +1,4 @@
-"""Hand-computed checks of the benchmark metrics (mm, METHOD.md section 6)."""
+"""Hand-computed checks of the benchmark metrics (mm, docs/method.md §7)."""
 
 import numpy as np
 import pytest

@@ -27,6 +27,7 @@ import torch
 
 from hmrcli.detect.base import Detection, Detector, DetectorUnavailable
 from hmrcli.detect import mmdet_backend as mb
+from hmrcli.weights.readers import read_mmdet_checkpoint
 
 try:
     mb._import_mmdet()
@@ -279,7 +280,7 @@ def _save_mmdet_checkpoint(model, path: Path, drop: str | None = None, reshape: 
 
 @pytest.mark.mmdet
 def test_checkpoint_by_file_and_registry_name(det, images, tmp_path, monkeypatch):
-    from hmrcli.nn.registry import known_checkpoints
+    from hmrcli.weights.catalogue import known_checkpoints
 
     entry = known_checkpoints("detectors")["rtmdet-tiny"]
     monkeypatch.setenv("HMRCLI_CHECKPOINT_DIR", str(tmp_path))
@@ -312,7 +313,7 @@ def test_checkpoint_by_file_and_registry_name(det, images, tmp_path, monkeypatch
 
 
 def test_default_config_is_shipped_in_mmdet():
-    from hmrcli.nn.registry import known_checkpoints
+    from hmrcli.weights.catalogue import known_checkpoints
 
     reg = known_checkpoints("detectors")
     assert mb.DEFAULT_MODEL in reg
@@ -339,17 +340,17 @@ def test_checkpoints_are_read_without_running_code(tmp_path, capsys):
     p = tmp_path / "ok.pth"
     torch.save({"meta": {"dataset_meta": {"classes": ("person",)}, "n": np.float64(1.0), "a": np.arange(2)},
                 "state_dict": sd}, p)
-    got, meta = mb.read_mmdet_checkpoint(p)
+    got, meta = read_mmdet_checkpoint(p)
     assert torch.equal(got["w"], sd["w"]) and meta["dataset_meta"]["classes"] == ("person",)
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": sd, "meta": {"x": _Evil()}}, f, protocol=2)
     with pytest.raises(CheckpointError, match="weights_only"):
-        mb.read_mmdet_checkpoint(evil)
+        read_mmdet_checkpoint(evil)
     assert "must never run" not in capsys.readouterr().out
     torch.save({"optimizer": {}}, tmp_path / "nosd.pth")
     with pytest.raises(CheckpointError, match="not an MMDetection checkpoint"):
-        mb.read_mmdet_checkpoint(tmp_path / "nosd.pth")
+        read_mmdet_checkpoint(tmp_path / "nosd.pth")
 
 
 def test_availability_is_cheap_and_says_why(tmp_path, monkeypatch):
@@ -359,7 +360,7 @@ def test_availability_is_cheap_and_says_why(tmp_path, monkeypatch):
         assert why and "pip install -e '.[mmdet]'" in why
         return
     assert "hmrcli weights fetch rtmdet-m" in why
-    from hmrcli.nn.registry import known_checkpoints
+    from hmrcli.weights.catalogue import known_checkpoints
 
     (tmp_path / known_checkpoints("detectors")["rtmdet-m"]["filename"]).write_bytes(b"x")
     assert mb.availability() is None
@@ -398,7 +399,7 @@ def test_cuda_without_cuda_is_refused():
 
 def test_fetch_and_verify_detector_weights(tmp_path, monkeypatch):
     from hmrcli import assets
-    from hmrcli.nn.registry import FetchError, fetch_checkpoint, known_checkpoints, verify_checkpoint
+    from hmrcli.weights.catalogue import FetchError, fetch_checkpoint, known_checkpoints, verify_checkpoint
 
     served = tmp_path / "served" / "det.pth"
     served.parent.mkdir()

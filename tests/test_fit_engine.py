@@ -70,8 +70,12 @@ def test_real_photo_keypoints_within_5_percent_of_box_height(name, detector, eng
         visible = (lm.conf2d >= thr) & inside
         assert visible.sum() >= 5
         assert dist[visible].mean() <= 0.05, (name, thr, dist[visible].mean())
-    # a plausible camera: in front, K as METHOD.md (f = image diagonal; EXIF when the photo has it)
-    assert est.cam_t[2] > 0.3 and est.K[0, 0] > 0
+    # a plausible camera: in front, K as in docs/method.md §1: the engine was given no focal length (EXIF is
+    # the pipeline's business), so f = the image diagonal sqrt(W^2 + H^2), principal point the centre
+    assert est.cam_t[2] > 0.3
+    f = float(np.hypot(w, h))
+    np.testing.assert_allclose(est.K, [[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], rtol=1e-12)
+    assert est.focal == pytest.approx(f, rel=1e-12)
     assert est.extra["fit"]["rois_used"] >= 3
 
 

@@ -174,7 +174,7 @@ def test_pickles_that_run_code_are_refused(tmp_path, capsys):
 
 def test_load_regressor_by_path_and_registry_name(tmp_path, monkeypatch):
     import hmrcli
-    from hmrcli.nn.registry import known_checkpoints
+    from hmrcli.weights.catalogue import known_checkpoints
 
     monkeypatch.setenv("HMRCLI_CHECKPOINT_DIR", str(tmp_path))
     entry = known_checkpoints()["cliff-res50"]
@@ -255,7 +255,7 @@ def test_fetch_and_verify(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from hmrcli.cli import app
-    from hmrcli.nn.registry import FetchError, fetch_checkpoint, verify_checkpoint
+    from hmrcli.weights.catalogue import FetchError, fetch_checkpoint, verify_checkpoint
 
     served = tmp_path / "served" / "model.pt"
     served.parent.mkdir()

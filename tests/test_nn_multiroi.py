@@ -73,7 +73,7 @@ def test_positional_encoding_formula():
 
 
 def _slow_fusion(model, feats, info):
-    """Plain loops over m and n, written from METHOD.md section 3."""
+    """Plain loops over m and n, written from docs/method.md §5."""
     b, m, d = feats.shape
     out = torch.zeros_like(feats)
     for bi in range(b):
