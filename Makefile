@@ -36,7 +36,7 @@ MMDET_STAMP := $(if $(filter 1,$(WITH_MMDET)),$(VENV)/.mmcv)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test venv install install-test install-mmdet install-fit install-heavy doctor clean free-body-model check-free-body-model
+.PHONY: demo test venv install install-test install-mmdet install-fit install-heavy doctor wheel check-wheel clean free-body-model check-free-body-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -131,5 +131,21 @@ free-body-model: install-test
 check-free-body-model: install-test
 	$(BIN)/python scripts/check_free_body_model.py
 
+# The wheel (carries models/ as hmrcli/models, see setup.py) and a check that it works from a
+# fresh virtual environment with no source tree and no environment variables: doctor, then the
+# main job on sample_images/. CI runs it after the tests (.ci/run).
+WHEEL_VENV ?= build/wheel-venv
+wheel: $(BIN)/python
+	rm -rf dist && $(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist .
+check-wheel: wheel
+	rm -rf $(WHEEL_VENV) build/wheel-out && $(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(WHEEL_VENV)/bin/python -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
+	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls dist/hmrcli-*.whl)[fit]"
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-deps "$(MEDIAPIPE_SPEC)"
+	cd build && env -u HMRCLI_MODELS_DIR ../$(WHEEL_VENV)/bin/hmrcli doctor --no-json
+	cd build && env -u HMRCLI_MODELS_DIR ../$(WHEEL_VENV)/bin/hmrcli infer ../sample_images --out wheel-out --quiet --no-json
+	test -f build/wheel-out/two_people_park.jpg/person_01.obj
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -6,19 +6,13 @@ Python API (the CLI is a thin layer over it):
 * :func:`hmrcli.body.load_body_model` -- the user's SMPL files or the free default body;
 * :mod:`hmrcli.geometry` -- boxes, RoIs, crops, ``bbox_info``, cameras, projection;
 * :func:`hmrcli.diagnostics.collect` -- what ``hmrcli doctor`` reports.
+
+Importing hmrcli changes no process settings. The command line sets
+``OMP_WAIT_POLICY=PASSIVE`` before torch starts (idle OpenMP threads otherwise spin and starve
+the pipeline's loader thread); do the same in programs that run :mod:`hmrcli.pipeline`.
 """
 
-import os as _os
-
 from hmrcli._version import __version__
-
-# The batch pipeline runs decoding/detection/BlazePose on a loader thread beside the network
-# or the fit on the main thread. With OpenMP's default wait policy torch's idle worker
-# threads spin and starve the other thread: on 2 cores `hmrcli infer sample_images` took
-# 105 s instead of 3.3 s. PASSIVE makes idle OpenMP threads sleep. It only takes effect if
-# set before torch (OpenMP) starts, which importing hmrcli first ensures; an explicit
-# setting in the environment wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = ["__version__", "load_regressor", "load_body_model"]
 

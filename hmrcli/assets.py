@@ -5,8 +5,9 @@ package builds such paths itself.
 
 Search order for the shipped assets (``models/`` in the repository):
 1. ``$HMRCLI_MODELS_DIR`` if set,
-2. the ``models/`` folder beside the installed package (source checkout or
-   editable install).
+2. ``hmrcli/models/`` inside the installed package (a wheel or ``pip install .``: the
+   build copies the repository's ``models/`` there, see ``setup.py``),
+3. the ``models/`` folder beside the package (source checkout or editable install).
 
 User files that cannot be shipped (SMPL, checkpoints) are looked up in
 ``--smpl-dir`` / ``$HMRCLI_SMPL_DIR`` and ``$HMRCLI_HOME`` (default
@@ -42,13 +43,14 @@ def models_dir() -> Path:
         if not p.is_dir():
             raise AssetNotFoundError(f"HMRCLI_MODELS_DIR={env} is not a folder")
         return p
-    p = Path(__file__).resolve().parent.parent / "models"
-    if p.is_dir():
-        return p
+    here = Path(__file__).resolve().parent
+    for p in (here / "models", here.parent / "models"):
+        if (p / "registry.json").is_file():
+            return p
     raise AssetNotFoundError(
-        f"hmrcli's models/ folder was not found beside the package ({p}). "
-        "Install hmrcli from a source checkout (pip install -e .) or set HMRCLI_MODELS_DIR "
-        "to a copy of the repository's models/ folder."
+        f"hmrcli's model assets were found neither in the package ({here / 'models'}) nor beside it "
+        f"({here.parent / 'models'}). Reinstall hmrcli (pip install . or the wheel carries them), or set "
+        "HMRCLI_MODELS_DIR to a copy of the repository's models/ folder."
     )
 
 

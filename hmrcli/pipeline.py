@@ -63,6 +63,8 @@ import numpy as np
 
 from hmrcli._version import __version__
 from hmrcli.assets import sha256_file
+from hmrcli.detect import detect_sources
+from hmrcli.detect.whole_image import WholeImageDetector
 from hmrcli.engine.regress import PersonBox, PersonEstimate
 from hmrcli.export.writers import (
     atomic_write_bytes,
@@ -73,7 +75,7 @@ from hmrcli.export.writers import (
 from hmrcli.files import append_json_line, write_all
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
 from hmrcli.records import batch_exit_code, error_record
-from hmrcli.sources import ImageReadError, ImageSource, read_image
+from hmrcli.sources import ImageSource, read_image
 
 __all__ = ["InferOptions", "InferSummary", "StopRequest", "Manifest", "run_inference", "run_settings",
            "CAMERA_SCHEMA", "RESULT_SCHEMA", "MANIFEST_SCHEMA", "MANIFEST_NAME", "ERRORS_NAME", "SIGNAL_EXIT_CODES",
@@ -289,7 +291,7 @@ class Manifest:
             self._fd = None
 
 
-def run_settings(engine: Any, opts: InferOptions, detector: Any = None, boxes: Any = None,
+def run_settings(engine: Any, opts: InferOptions, detector: Any,
                  manifest: Manifest | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(settings, files): what the outputs of this run depend on, compared on re-runs, and
     the files (checkpoint, body model) they were hashed from. Not compared: the device, batch
@@ -332,16 +334,13 @@ def run_settings(engine: Any, opts: InferOptions, detector: Any = None, boxes: A
         body_settings = {"name": getattr(info, "name", None), "gender": getattr(info, "gender", None),
                          "num_vertices": getattr(info, "num_vertices", None),
                          "sha256": sha_of(getattr(info, "path", None))}
-    if detector is not None:
-        label = getattr(detector, "detector_label", None) or getattr(detector, "label", None)
-        det = {"name": getattr(detector, "name", type(detector).__name__),
-               "label": label if isinstance(label, str) else None,
-               "score_thr": getattr(detector, "score_thr", None)}
-        ck = getattr(detector, "checkpoint_path", None)
-        if ck:
-            det["checkpoint"] = Path(ck).name
-    else:
-        det = {"name": "boxes" if boxes is not None else "whole-image"}
+    label = getattr(detector, "detector_label", None) or getattr(detector, "label", None)
+    det = {"name": getattr(detector, "name", type(detector).__name__),
+           "label": label if isinstance(label, str) else None,
+           "score_thr": getattr(detector, "score_thr", None)}
+    ck = getattr(detector, "checkpoint_path", None)
+    if ck:
+        det["checkpoint"] = Path(ck).name
     settings = {
         "engine": getattr(engine, "name", type(engine).__name__),
         "model": desc,
@@ -379,12 +378,8 @@ def _input_fingerprint(src: ImageSource, boxes: list[dict[str, Any]] | None) -> 
     return fp
 
 
-def _given_boxes(src: ImageSource, detector: Any, boxes: dict[str, list[dict[str, Any]]] | None):
+def _given_boxes(src: ImageSource, detector: Any):
     """The person boxes given with an input (records, --boxes), or None when a detector finds them."""
-    if detector is None:
-        if boxes is None:
-            return None
-        return boxes.get(str(src.path), boxes.get(os.path.abspath(src.path)))
     if getattr(detector, "name", None) != "boxes":
         return None
     try:
@@ -575,35 +570,6 @@ class _Prefetch:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _legacy_items(sources: Iterable[ImageSource], boxes: dict[str, list[dict[str, Any]]] | None,
-                  read: Callable[[ImageSource], np.ndarray] | None = None):
-    """Images with persons from a ``{path: persons}`` map, or the whole image as one person
-    when ``boxes`` is None (what ``run_inference`` did before detectors)."""
-    from hmrcli.detect import DetectedImage, Detection
-
-    read = read or read_image
-    for src in sources:
-        try:
-            image = read(src)
-        except ImageReadError as e:
-            yield DetectedImage(src, None, 0, 0, [], ("read", str(e)))
-            continue
-        except Exception as e:
-            yield DetectedImage(src, None, 0, 0, [], ("read", f"{src.path}: {type(e).__name__}: {e}"))
-            continue
-        h, w = image.shape[:2]
-        if boxes is None:
-            dets = [Detection(np.array([0.0, 0.0, w - 1.0, h - 1.0]), None, "whole-image")]
-        else:
-            recs = boxes.get(str(src.path), boxes.get(os.path.abspath(src.path)))
-            if recs is None:
-                yield DetectedImage(src, image, w, h, [], ("boxes", f"{src.path}: no boxes given for this image"))
-                continue
-            dets = [Detection(np.asarray(r["box_xyxy"], dtype=np.float64), r.get("score"), r.get("detector", "boxes"))
-                    for r in recs]
-        yield DetectedImage(src, image, w, h, dets)
-
-
 def _camera_for(src: ImageSource, image: np.ndarray, opts: InferOptions) -> CameraIntrinsics:
     """The camera of one image and where it came from: ``--intrinsics FILE`` (its entry for
     the image, else its default K; raises IntrinsicsError when it has neither), else
@@ -667,15 +633,12 @@ class _Loader(threading.Thread):
     ("error", src, stage, message), ("fatal", exception), ("end",)."""
 
     def __init__(self, todo: list[ImageSource], engine: Any, opts: InferOptions, detector: Any,
-                 boxes: dict[str, list[dict[str, Any]]] | None, halt: threading.Event) -> None:
+                 halt: threading.Event) -> None:
         super().__init__(name="hmrcli-loader", daemon=True)
-        self.todo, self.engine, self.opts, self.detector, self.boxes, self.halt = todo, engine, opts, detector, boxes, halt
+        self.todo, self.engine, self.opts, self.detector, self.halt = todo, engine, opts, detector, halt
         self.queue: queue.Queue = queue.Queue(maxsize=max(2, 2 * int(opts.images_per_step)))
-        if detector is not None:
-            label = getattr(detector, "detector_label", None) or getattr(detector, "name", type(detector).__name__)
-            self.found_by = f"detector {label}"
-        else:
-            self.found_by = "the boxes given" if boxes is not None else "whole-image"
+        label = getattr(detector, "detector_label", None) or getattr(detector, "name", type(detector).__name__)
+        self.found_by = f"detector {label}"
 
     def put(self, msg: tuple) -> bool:
         while not self.halt.is_set():
@@ -692,13 +655,8 @@ class _Loader(threading.Thread):
         srcs = pre.feed(self.todo, self.halt)
         items = None
         try:
-            if self.detector is not None:
-                from hmrcli.detect import detect_sources
-
-                items = detect_sources(srcs, self.detector, batch_size=opts.images_per_step, read=pre.read,
-                                       max_persons=opts.max_persons)
-            else:
-                items = _legacy_items(srcs, self.boxes, pre.read)
+            items = detect_sources(srcs, self.detector, batch_size=opts.images_per_step, read=pre.read,
+                                   max_persons=opts.max_persons)
             for item in items:
                 if self.halt.is_set():
                     break
@@ -780,16 +738,15 @@ def run_inference(
     sources: list[ImageSource],
     engine: Any,
     opts: InferOptions,
-    boxes: dict[str, list[dict[str, Any]]] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     detector: Any = None,
     stop: StopRequest | None = None,
 ) -> InferSummary:
     """Run the engine over ``sources`` and write outputs (layout, manifest and re-run rule:
     this module's docstring, ``docs/output.md``). Persons come from ``detector`` (a
-    :class:`hmrcli.detect.base.Detector`, e.g. ``hmrcli.detect.create_detector("auto")``);
-    without one, from ``boxes`` (image path -> person records of ``hmrcli.detections/1``);
-    without either, each image is one person whose box is the whole image.
+    :class:`hmrcli.detect.base.Detector`, e.g. ``hmrcli.detect.create_detector("auto")``, or
+    the ``boxes`` detector over given boxes); without one, each image is one person whose box
+    is the whole image.
 
     ``progress`` receives event dicts, from the calling thread: ``done``, ``skipped``,
     ``error`` (image failed) and ``warning`` (a person failed) per image, ``redo`` (once per
@@ -797,11 +754,13 @@ def run_inference(
     stops cleanly on KeyboardInterrupt. Either way ``summary.interrupted`` says so.
     ``detector`` and the engine's ``prepare`` run on a loader thread, ``engine.run`` here."""
     t0 = time.perf_counter()
+    if detector is None:
+        detector = WholeImageDetector()
     out = Path(opts.out)
     summ = InferSummary(images=len(sources))
     emit = progress or (lambda ev: None)
     man = Manifest(out, names=[s.name for s in sources])
-    settings, hashed = run_settings(engine, opts, detector, boxes, man)
+    settings, hashed = run_settings(engine, opts, detector, man)
     sid = settings_id(settings)
     run_line_written = False
 
@@ -818,7 +777,7 @@ def run_inference(
     todo: list[ImageSource] = []
     reasons: dict[str, int] = {}
     for src in sources:
-        fp = _input_fingerprint(src, _given_boxes(src, detector, boxes))
+        fp = _input_fingerprint(src, _given_boxes(src, detector))
         if not opts.overwrite:
             why = _why_redo(out, src, man, sid, settings, fp)
             if why is None:
@@ -900,7 +859,7 @@ def run_inference(
 
     pending: list[_Job] = []
     halt = threading.Event()
-    loader = _Loader(todo, engine, opts, detector, boxes, halt) if todo else None
+    loader = _Loader(todo, engine, opts, detector, halt) if todo else None
     fatal: BaseException | None = None
     try:
         if loader is not None:

@@ -91,7 +91,7 @@ from typing import Any, Iterable
 import numpy as np
 
 __all__ = ["batch_exit_code", "DETECTIONS_SCHEMA", "CROPS_SCHEMA", "CROP_EVENT_SCHEMA", "ERROR_SCHEMA",
-           "SUMMARY_SCHEMA", "read_detections", "read_detection_records", "parse_detection_records",
+           "SUMMARY_SCHEMA", "read_detection_records", "parse_detection_records",
            "parse_input_text", "detection_record", "error_record", "source_fields", "validate_person",
            "coco_to_records", "is_coco_document", "sort_persons", "safe_relative_name"]
 
@@ -369,16 +369,6 @@ def read_detection_records(source: str | os.PathLike | io.TextIOBase) -> list[di
     finally:
         if close:
             f.close()
-
-
-def read_detections(source: str | os.PathLike | io.TextIOBase) -> dict[str, list[dict[str, Any]]]:
-    """JSON lines of ``hmrcli.detections/1`` -> {path: persons}. Paths are matched both as
-    written and resolved to absolute paths. Bad lines raise ValueError naming file and line."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for rec in read_detection_records(source):
-        out[rec["path"]] = rec["persons"]
-        out[os.path.abspath(rec["path"])] = rec["persons"]
-    return out
 
 
 def batch_exit_code(failed: int, succeeded: int) -> int:

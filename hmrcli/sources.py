@@ -111,9 +111,7 @@ class ImageReadError(ValueError):
     """An input cannot be read as an image. ``file``, ``stage`` ("read") and ``message``
     (which names the file) form the per-file error record (:meth:`record`)."""
 
-    def __init__(self, file: str | os.PathLike, message: str | None = None, stage: str = "read") -> None:
-        if message is None:  # old style: ImageReadError("path: what went wrong")
-            file, message = "", str(file)
+    def __init__(self, file: str | os.PathLike, message: str, stage: str = "read") -> None:
         self.file = str(file)
         self.stage = stage
         self.message = f"{self.file}: {message}" if self.file else message

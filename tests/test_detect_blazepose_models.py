@@ -20,7 +20,7 @@ def fake(monkeypatch, tmp_path):
     mp = tmp_path / "mediapipe" / "modules" / "pose_landmark"
     mp.mkdir(parents=True)
     monkeypatch.setattr(BM, "_mediapipe_dir", lambda: mp)
-    monkeypatch.setenv("HMRCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HMRCLI_HOME", str(tmp_path / "cache"))
     return mp, tmp_path
 
 

@@ -14,7 +14,7 @@ from hmrcli.detect import (DETECTORS, Detection, DetectorUnavailable, available_
                            detect_sources)
 from hmrcli.detect.boxes_backend import BoxesDetector, BoxesError, load_box_records
 from hmrcli.detect.mediapipe_backend import mediapipe_problem
-from hmrcli.records import read_detections
+from hmrcli.records import read_detection_records
 from hmrcli.sources import expand_inputs, read_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def test_detect_then_boxes_round_trip(photos, tmp_path, detector):
     r = runner.invoke(app, ["detect", "--boxes", "-"], input=out.read_text())
     assert r.exit_code == 0, r.output
     assert _records(r.stdout) == [{**x, "detector": "boxes"} for x in first]
-    # the old reader still reads the new records
-    assert read_detections(out)[first[0]["path"]] == first[0]["persons"]
+    # the records reader reads them back unchanged
+    assert {r["path"]: r["persons"] for r in read_detection_records(out)}[first[0]["path"]] == first[0]["persons"]
 
 
 def test_whole_image_records(photos):

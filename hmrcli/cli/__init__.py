@@ -6,9 +6,19 @@ API and prints.
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
 
-import typer
+# The batch pipeline runs decoding/detection/BlazePose on a loader thread beside the network
+# or the fit on the main thread. With OpenMP's default wait policy torch's idle worker threads
+# spin and starve the other thread: on 2 cores `hmrcli infer sample_images` took 105 s instead
+# of 3.3 s. PASSIVE makes idle OpenMP threads sleep. It only takes effect when set before torch
+# (OpenMP) starts, so the command line sets it here, first; an explicit setting in the
+# environment wins. Python API users who run the pipeline set it themselves (README, "Batch runs").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from typing import Annotated  # noqa: E402
+
+import typer  # noqa: E402
 
 from hmrcli._version import __version__
 

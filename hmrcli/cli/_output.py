@@ -1,4 +1,5 @@
-"""Output helpers shared by the commands: rich on a terminal, JSON otherwise."""
+"""Helpers shared by the commands: output (rich on a terminal, JSON otherwise) and the
+``--device`` option."""
 
 from __future__ import annotations
 
@@ -22,3 +23,19 @@ def want_json(flag: bool | None) -> bool:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def resolve_device(name: str) -> str:
+    """``--device``: ``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device asked for
+    on a machine without one is a usage error (exit 2)."""
+    if name != "auto" and not name.startswith("cuda"):
+        return name
+    import torch  # (CLI start-up: only when a device is resolved)
+    import typer
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)",
+                                 param_hint="--device")
+    return name

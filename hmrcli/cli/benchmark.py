@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hmrcli.cli._output import print_json, stderr, stdout, want_json
+from hmrcli.cli._output import print_json, resolve_device, stderr, stdout, want_json
 
 
 class _Dataset(str, Enum):
@@ -63,11 +63,14 @@ def benchmark(
     per sequence, beside the published figures. Needs the user's SMPL files and SPIN's
     J_regressor_h36m.npy. With --speed: regressor speed vs RoI count (paper Table 3)."""
     from hmrcli.bench.datasets import DatasetError
-    from hmrcli.bench.evaluate import BenchmarkAssetsError, GroundTruthPredictor, run_benchmark
-    from hmrcli.cli.infer import _device
+    from hmrcli.bench.evaluate import (
+        BenchmarkAssetsError,
+        GroundTruthPredictor,
+        run_benchmark,
+    )
     from hmrcli.detect import DetectorUnavailable
 
-    dev = _device(device)
+    dev = resolve_device(device)
     if speed:
         _speed(rois or [1, 2, 3, 4, 5], batch_size, dev, precision, repeats, backbone, fresh_process, json_out,
                images, detector)

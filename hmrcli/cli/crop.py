@@ -9,8 +9,19 @@ from typing import Annotated, Optional
 import typer
 
 from hmrcli.cli._output import print_json, want_json
-from hmrcli.cli.detect import (BoxesOpt, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt, FrameStrideOpt,
-                               INPUTS_HELP, MaxPersonsOpt, ShardOpt, detector_and_sources, note)
+from hmrcli.cli.detect import (
+    INPUTS_HELP,
+    BoxesOpt,
+    DetCheckpointOpt,
+    DetConfigOpt,
+    DetectorOpt,
+    DetScoreOpt,
+    FrameStrideOpt,
+    MaxPersonsOpt,
+    ShardOpt,
+    detector_and_sources,
+    note,
+)
 
 
 def crop(

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from hmrcli.cli._output import resolve_device
+
 DETECTOR_HELP = (
     "Person detector: auto (mmdet when installed with a checkpoint, else movenet), "
     "mmdet (MMDetection, every person), movenet (MoveNet MultiPose, shipped, offline: every person, up to 6 "
@@ -55,19 +57,6 @@ def note(msg: str) -> None:
     sys.stderr.flush()
 
 
-def _device(name: str) -> str:
-    if name != "auto" and not name.startswith("cuda"):
-        return name
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)",
-                                 param_hint="--device")
-    return name
-
-
 def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float], det_config: Optional[str],
                   det_checkpoint: Optional[str], device: str = "auto", batch_size: Optional[int] = None,
                   quiet: bool = False, records: Optional[list] = None, records_name: str = "<records>") -> Any:
@@ -75,7 +64,12 @@ def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float
     problems and unavailable backends exit with status 2 and a message saying how to fix it.
     ``records`` (``hmrcli.detections/1`` records read with the inputs) make it the boxes
     detector over those records, unless another detector is named explicitly."""
-    from hmrcli.detect import DETECTORS, DetectorUnavailable, create_detector, detection_summary
+    from hmrcli.detect import (
+        DETECTORS,
+        DetectorUnavailable,
+        create_detector,
+        detection_summary,
+    )
 
     name = detector.strip().lower()
     if name not in ("auto", *DETECTORS):
@@ -102,7 +96,7 @@ def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float
     opts: dict[str, Any] = {"score_thr": det_score, "config": det_config, "checkpoint": det_checkpoint,
                             "batch_size": batch_size}
     if name in ("auto", "mmdet"):
-        opts["device"] = _device(device)
+        opts["device"] = resolve_device(device)
     if name == "boxes":
         if records is not None:
             opts["records"] = records
@@ -171,28 +165,6 @@ def _records_of(sources: list) -> Optional[list]:
     return [s.record for s in sources]
 
 
-def resolve_inputs(images: Optional[list[str]], det, shard: Optional[str] = None, frame_stride: int = 1,
-                   quiet: bool = False) -> tuple[list, Any]:
-    """The sources to process and the detector to use, for a command that has already built
-    its detector ``det`` with :func:`make_detector`: inputs that carry records (stdin JSON
-    lines, a .jsonl) replace an ``auto`` detector with the boxes detector over those records.
-    Prefer :func:`detector_and_sources`, which reads the inputs BEFORE building a detector."""
-    if not images:
-        return _finish(_sources_from_det(det), shard), det
-    sources = _expand(images, frame_stride)
-    records = _records_of(sources)
-    if records is not None:
-        requested = getattr(det, "hmrcli_requested", "auto")
-        if det.name == "boxes" and getattr(det, "source", None) not in ("<records>", "<stdin>"):
-            raise typer.BadParameter("the inputs already carry boxes (records); drop --boxes", param_hint="--boxes")
-        if requested == "auto":
-            if hasattr(det, "close"):
-                det.close()
-            det = make_detector("boxes", None, None, None, None, quiet=quiet, records=records,
-                                records_name="<stdin>" if "-" in images else "the input records")
-    return _finish(sources, shard), det
-
-
 def _sources_from_det(det) -> list:
     if det.name == "boxes":
         from hmrcli.sources import sources_from_records
@@ -219,13 +191,6 @@ def detector_and_sources(images: Optional[list[str]], detector: str, boxes: Opti
         return det, _finish(sources, shard)
     det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, quiet)
     return det, _finish(_sources_from_det(det), shard)
-
-
-def input_sources(images: Optional[list[str]], det, shard: Optional[str] = None, frame_stride: int = 1) -> list:
-    """The images to process: those given, or (with the boxes detector and no images) the
-    images its records name. Exits with status 2 when there are none. (Kept for callers
-    that only need the sources; see :func:`resolve_inputs`.)"""
-    return resolve_inputs(images, det, shard=shard, frame_stride=frame_stride)[0]
 
 
 def detect(

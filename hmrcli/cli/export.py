@@ -33,7 +33,13 @@ def export(
 
     Exit status: 0 all done, 1 some persons or overlays failed (see OUT/errors.jsonl), 2 all
     failed or bad usage."""
-    from hmrcli.export.results import EXPORT_FORMATS, ExportOptions, ResultsError, find_result_images, run_export
+    from hmrcli.export.results import (
+        EXPORT_FORMATS,
+        ExportOptions,
+        ResultsError,
+        find_result_images,
+        run_export,
+    )
 
     as_json = want_json(json_out)
     fmts = tuple(dict.fromkeys(f.strip().lower() for f in formats.split(",") if f.strip()))
@@ -56,7 +62,13 @@ def export(
                     print_json(ev)
             summary = run_export(results, opts, progress=progress)
         else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             n = len(find_result_images(results))
             with Progress(TextColumn("[bold]export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -14,19 +14,19 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from hmrcli.cli._output import print_json, stderr, want_json
-from hmrcli.cli.detect import (INPUTS_HELP, BoxesOpt, DetCheckpointOpt, DetConfigOpt, DetectorOpt, DetScoreOpt,
-                               FrameStrideOpt, MaxPersonsOpt, ShardOpt, detector_and_sources)
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)")
-    return name
+from hmrcli.cli._output import print_json, resolve_device, stderr, want_json
+from hmrcli.cli.detect import (
+    INPUTS_HELP,
+    BoxesOpt,
+    DetCheckpointOpt,
+    DetConfigOpt,
+    DetectorOpt,
+    DetScoreOpt,
+    FrameStrideOpt,
+    MaxPersonsOpt,
+    ShardOpt,
+    detector_and_sources,
+)
 
 
 def infer(
@@ -100,11 +100,20 @@ def infer(
     or bad usage, 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM."""
     from hmrcli.api import load_regressor
     from hmrcli.body import load_body_model
-    from hmrcli.engine.regress import RegressionEngine
     from hmrcli.detect import DetectorUnavailable
+    from hmrcli.engine.regress import RegressionEngine
+    from hmrcli.intrinsics import (
+        IntrinsicsError,
+        load_intrinsics,
+        parse_principal_point,
+    )
     from hmrcli.nn.checkpoints import CheckpointError
-    from hmrcli.intrinsics import IntrinsicsError, load_intrinsics, parse_principal_point
-    from hmrcli.pipeline import SIGNAL_EXIT_CODES, InferOptions, StopRequest, run_inference
+    from hmrcli.pipeline import (
+        SIGNAL_EXIT_CODES,
+        InferOptions,
+        StopRequest,
+        run_inference,
+    )
 
     as_json = want_json(json_out)
     fmts = tuple(f.strip().lower() for f in mesh_format.split(",") if f.strip())
@@ -137,7 +146,7 @@ def infer(
     if engine == "fit" and refine == "fit":
         refine = "none"  # the fit engine already fits
     try:
-        dev = _device(device)
+        dev = resolve_device(device)
         body = load_body_model(body_model, gender=gender, smpl_dir=smpl_dir)
         if engine == "regress":
             net = load_regressor(checkpoint, device=dev, aggregation=aggregation)
@@ -215,7 +224,9 @@ def _install_signal_handlers(stop, note) -> dict:
     """SIGINT / SIGTERM: the first asks the run to stop after the current batch, the second
     abandons the batch (KeyboardInterrupt; its images are redone by the next run), a third
     exits at once (as safe as kill -9: every file is written atomically)."""
-    from hmrcli.pipeline import SIGNAL_EXIT_CODES  # (was unbound here: the third signal raised NameError)
+    from hmrcli.pipeline import (
+        SIGNAL_EXIT_CODES,  # (was unbound here: the third signal raised NameError)
+    )
 
     count = [0]
 
@@ -273,7 +284,13 @@ class _Reporter:
 
     def __enter__(self) -> "_Reporter":
         if self.err_tty and not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.bar = Progress(TextColumn("[bold]infer"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=stderr)

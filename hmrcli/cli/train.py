@@ -83,7 +83,14 @@ class _Display:
                     stderr.print(escape(line), highlight=False)
         if self.quiet:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
                                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=stderr,
@@ -134,7 +141,12 @@ def train(
     schedule.* name (constant|cosine|linear|step), warmup_steps, min_lr_ratio, step_size,
     gamma; data.* num_workers, test_limit, augment.*, and the dataset lists data.train.N.*
     / data.test.N.* (path, img_root, ratio, name)."""
-    from hmrcli.train.config import ConfigError, config_to_dict, example_toml, load_config
+    from hmrcli.train.config import (
+        ConfigError,
+        config_to_dict,
+        example_toml,
+        load_config,
+    )
     from hmrcli.train.loop import TrainError, TrainInterrupted
     from hmrcli.train.loop import train as run_train
 

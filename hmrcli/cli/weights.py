@@ -93,7 +93,10 @@ def fetch(
 
     if name.startswith("blazepose-"):
         from hmrcli.detect.base import DetectorUnavailable
-        from hmrcli.detect.blazepose_models import LANDMARK_FILES, install_landmark_model
+        from hmrcli.detect.blazepose_models import (
+            LANDMARK_FILES,
+            install_landmark_model,
+        )
 
         model = name.removeprefix("blazepose-")
         if model not in LANDMARK_FILES:

@@ -7,7 +7,7 @@ larger landmark network MediaPipe downloads itself for ``model_complexity=2``. m
 after checking its sha256. Where it comes from, in this order:
 
 1. already in mediapipe's folder (checked);
-2. hmrcli's cache (``$HMRCLI_CACHE`` or ``~/.cache/hmrcli``) ``/models/blazepose/``;
+2. hmrcli's cache, ``$HMRCLI_HOME/models/blazepose/`` (default ``~/.cache/hmrcli/...``);
 3. a local npm tarball or file given to :func:`install_landmark_model` (``make install-heavy``
    runs ``npm pack @mediapipe/pose@0.5.1675469404`` and hands it over: the npm package holds
    a byte-identical copy);
@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from hmrcli.assets import sha256_file
+from hmrcli.assets import hmrcli_home, sha256_file
 from hmrcli.detect.base import DetectorUnavailable
 from hmrcli.files import atomic_write_bytes
 
@@ -60,8 +60,8 @@ LANDMARK_FILES = {
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("HMRCLI_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hmrcli")
-    return Path(root) / "models" / "blazepose"
+    """Where downloaded BlazePose files are kept: ``$HMRCLI_HOME/models/blazepose``."""
+    return hmrcli_home() / "models" / "blazepose"
 
 
 def _mediapipe_dir() -> Path | None:

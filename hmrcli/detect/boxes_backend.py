@@ -101,7 +101,7 @@ class BoxesDetector:
         self._by_parts: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for rec in self.records:
             for key in {rec["path"], os.path.abspath(rec["path"])}:
-                # the same path twice: the later record wins (like read_detections)
+                # the same path twice: the later record wins (as in sources_from_records)
                 self._exact[key] = rec
             self._by_parts.setdefault(PurePath(rec["path"]).parts[-1:], []).append(rec)
 

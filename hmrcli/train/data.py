@@ -146,7 +146,6 @@ __all__ = [
     "collate",
     "flip_pose",
     "image_transform",
-    "load_npz",
     "points_to_crop",
     "spin24_from_body",
     "transform_targets",
@@ -394,16 +393,6 @@ def _strings(arr: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(arr).reshape(-1).tolist()]
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of a SPIN/CLIFF ``.npz`` (``allow_pickle=False``), checked for the box keys
-    (:func:`hmrcli.bench.datasets.load_npz_arrays`).
-
-    Raises:
-        DatasetError: missing file, pickled object arrays, or no ``imgname``/``center``/``scale``.
-    """
-    return load_npz_arrays(path)
-
-
 def _field(d: Mapping[str, np.ndarray], keys: Sequence[str], n: int, shape: tuple[int, ...],
            path: Path) -> np.ndarray | None:
     """The first of ``keys`` present in ``d`` as float64 (n, *shape), or None."""
@@ -465,7 +454,7 @@ class SpinDataset(Dataset):
         self.seed = int(seed)
         self.normalize = normalize
         self.name = name or self.path.stem
-        d = load_npz(self.path)
+        d = load_npz_arrays(self.path)
         self.imgnames = _strings(d["imgname"])
         n = len(self.imgnames)
         p = self.path

@@ -51,8 +51,9 @@ import numpy as np
 import torch
 
 from hmrcli import geometry as G
+from hmrcli.bench.datasets import load_npz_arrays
 from hmrcli.body import BodyModel
-from hmrcli.train.data import SPIN24_BODY_CONF, load_npz, spin24_from_body
+from hmrcli.train.data import SPIN24_BODY_CONF, spin24_from_body
 
 __all__ = [
     "BACKGROUND_KINDS",
@@ -520,7 +521,7 @@ def split_npz(
     if not fractions or any(v < 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
         raise ValueError(f"fractions must be non-negative with a positive sum; got {fractions}")
     path = Path(npz_path)
-    d = load_npz(path)
+    d = load_npz_arrays(path)
     names = np.asarray(d["imgname"]).astype(str)
     n = len(names)
     images = np.unique(names)
