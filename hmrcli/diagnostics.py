@@ -110,7 +110,11 @@ def _free_model_info() -> dict[str, Any]:
 
 
 def _smpl_info(smpl_dir: str | None) -> dict[str, Any]:
-    from hmrcli.body.model import SMPL_DOWNLOAD_HELP, find_h36m_regressor, find_smpl_files
+    from hmrcli.body.model import (
+        SMPL_DOWNLOAD_HELP,
+        find_h36m_regressor,
+        find_smpl_files,
+    )
 
     root = assets.smpl_dir(smpl_dir)
     files = find_smpl_files(smpl_dir)

@@ -59,6 +59,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmrcli.body import JOINT_NAMES, SMPL_PARENTS
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO / "models" / "body"
 MODEL_BASENAME = "hmrcli_free_neutral"
@@ -78,13 +80,7 @@ CHECK_SHAPES, CHECK_POSES = 10, 10  # agreement figure recorded in the metadata
 #          (the regressed pelvis joint, the pivot of every global rotation, is then ~2.9 mm off).
 CENTRE_ON_PELVIS = True
 
-SMPL_JOINT_NAMES = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
-    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck",
-    "left_collar", "right_collar", "head", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hand", "right_hand",
-)
-SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
+SMPL_JOINT_NAMES = JOINT_NAMES  # the body model's 24 joints (hmrcli.body)
 COCO17_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
     "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",

@@ -78,6 +78,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from hmrcli.body import JOINT_NAMES, SMPL_PARENTS  # noqa: E402
+
 SOURCE_REPO = "https://github.com/DragonForgedTheArtist/IClone-CMU-Mocap"
 SOURCE_COMMIT = "79529f962ade3274163af53cd92179cee2ed9407"
 
@@ -101,13 +103,7 @@ WALK_TRIALS = frozenset(("002_01", "002_02", "005_01", "006_01") + tuple(f"007_{
 #: trials on a flat floor (planted-foot calibration); not 001 (playground) and 003 (uneven terrain)
 FLOOR_SUBJECTS = ("002_", "005_", "006_", "007_")
 
-SMPL_JOINTS = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
-    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck",
-    "left_collar", "right_collar", "head", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hand", "right_hand",
-)
-SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
+SMPL_JOINTS = JOINT_NAMES  # the body model's 24 joints (hmrcli.body)
 #: (left, right) SMPL joint pairs, for mirroring.
 LR_PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21), (22, 23))
 HAND_JOINTS = (22, 23)

@@ -74,3 +74,24 @@ def test_numpy_inputs_give_numpy():
     np.testing.assert_allclose(g.rotmat_to_axis_angle(R), [0, 0, np.pi / 2], atol=1e-12)
     with pytest.raises(ValueError):
         g.rot6d_to_rotmat(np.zeros(5))
+
+
+def test_best_rotation_recovers_a_rotation_and_never_reflects():
+    import roma
+
+    from hmrcli.geometry import best_rotation
+
+    g = torch.Generator().manual_seed(0)
+    r_true = roma.rotvec_to_rotmat(torch.randn(4, 3, dtype=torch.float64, generator=g))
+    src = torch.randn(4, 10, 3, dtype=torch.float64, generator=g)
+    dst = torch.einsum("bij,bkj->bki", r_true, src)
+    torch.testing.assert_close(best_rotation(src, dst), r_true, atol=1e-10, rtol=0)
+    # weights: points with weight 0 do not matter
+    noisy = dst.clone()
+    noisy[:, :3] += 5.0
+    w = torch.ones(4, 10, dtype=torch.float64)
+    w[:, :3] = 0.0
+    torch.testing.assert_close(best_rotation(src, noisy, w), r_true, atol=1e-10, rtol=0)
+    # a mirrored target gives a proper rotation (det +1), not the reflection
+    mirrored = dst * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    assert torch.allclose(torch.linalg.det(best_rotation(src, mirrored)), torch.ones(4, dtype=torch.float64))

@@ -90,8 +90,8 @@ class NetworkPredictor:
 
     def __init__(self, checkpoint: str | os.PathLike, body, device: str = "cpu", batch_size: int = 16,
                  aggregation: str | None = None, precision: str = "fp32", detector=None):
-        from hmrcli.weights.catalogue import load_regressor
         from hmrcli.engine.regress import RegressionEngine
+        from hmrcli.weights.catalogue import load_regressor
 
         self.model = load_regressor(checkpoint, device=device, aggregation=aggregation)
         self.engine = RegressionEngine(self.model, body, device=device, precision=precision, batch_size=batch_size)
@@ -167,7 +167,12 @@ def check_assets(smpl_dir: str | os.PathLike | None, genders: set[str], h36m_reg
     """Raise :class:`BenchmarkAssetsError` listing every missing file (SMPL models for
     ``genders`` and ``J_regressor_h36m.npy``) and where they are looked for."""
     from hmrcli import assets
-    from hmrcli.body.model import SMPL_DOWNLOAD_HELP, SMPL_FILENAMES, find_h36m_regressor, find_smpl_files
+    from hmrcli.body.model import (
+        SMPL_DOWNLOAD_HELP,
+        SMPL_FILENAMES,
+        find_h36m_regressor,
+        find_smpl_files,
+    )
 
     found = find_smpl_files(smpl_dir)
     missing = [f"SMPL {g} model ({' or '.join(SMPL_FILENAMES[g][:3])})" for g in sorted(genders) if g not in found]

@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import roma
+import torch
 
 __all__ = [
     "H36M_TO_LSP14",
@@ -56,25 +58,15 @@ def _batched(x: Any, name: str) -> np.ndarray:
 
 def similarity_procrustes(pred: Any, gt: Any) -> np.ndarray:
     """Align ``pred`` onto ``gt`` per sample with the best similarity transform
-    ``s R x + t`` (least squares; R a proper rotation: the reflection that an SVD can
-    produce is removed by flipping the sign of the smallest singular direction, as
-    SPIN's ``compute_similarity_transform`` does). (B, N, 3) -> aligned (B, N, 3)."""
+    ``s R x + t`` (least squares, Umeyama; R a proper rotation: the reflection an SVD can
+    produce is excluded, as SPIN's ``compute_similarity_transform`` does; computed by roma's
+    ``rigid_points_registration``). (B, N, 3) -> aligned (B, N, 3)."""
     p, g = _batched(pred, "pred"), _batched(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"pred {p.shape} and gt {g.shape} differ")
-    mu_p, mu_g = p.mean(1, keepdims=True), g.mean(1, keepdims=True)
-    x1, x2 = p - mu_p, g - mu_g
-    var1 = (x1 ** 2).sum(axis=(1, 2))
-    k = np.einsum("bni,bnj->bij", x1, x2)  # (B,3,3) = X1^T X2
-    u, _, vh = np.linalg.svd(k)
-    v = np.swapaxes(vh, 1, 2)
-    z = np.tile(np.eye(3), (len(p), 1, 1))
-    z[:, 2, 2] = np.sign(np.linalg.det(u @ vh))
-    z[z[:, 2, 2] == 0, 2, 2] = 1.0
-    r = v @ z @ np.swapaxes(u, 1, 2)  # maps pred -> gt: R x1
-    scale = np.einsum("bii->b", r @ k) / np.maximum(var1, 1e-30)
-    t = mu_g - scale[:, None, None] * np.einsum("bij,bnj->bni", r, mu_p)
-    return scale[:, None, None] * np.einsum("bij,bnj->bni", r, p) + t
+    r, t, scale = roma.rigid_points_registration(torch.from_numpy(p), torch.from_numpy(g), compute_scaling=True)
+    aligned = scale[:, None, None] * torch.einsum("bij,bnj->bni", r, torch.from_numpy(p)) + t[:, None, :]
+    return aligned.numpy()
 
 
 def lsp14_from_h36m(joints_h36m: Any) -> np.ndarray:

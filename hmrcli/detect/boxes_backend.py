@@ -27,7 +27,12 @@ from typing import Any
 import numpy as np
 
 from hmrcli.detect.base import Detection
-from hmrcli.records import coco_to_records, is_coco_document, parse_detection_records, sort_persons
+from hmrcli.records import (
+    coco_to_records,
+    is_coco_document,
+    parse_detection_records,
+    sort_persons,
+)
 
 __all__ = ["BoxesDetector", "BoxesError", "load_box_records", "coco_to_records"]
 

@@ -64,8 +64,8 @@ def _import_mmdet() -> Any:
     otherwise."""
     try:
         import mmcv  # noqa: F401
-        import mmengine  # noqa: F401
         import mmdet  # asserts compatible mmcv/mmengine versions
+        import mmengine  # noqa: F401
         from mmcv.ops import batched_nms  # noqa: F401  (fails on mmcv without compiled ops)
         from mmdet import apis  # noqa: F401
     except ImportError as e:

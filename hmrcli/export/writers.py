@@ -7,7 +7,9 @@ import io
 import numpy as np
 
 from hmrcli.files import atomic_write_bytes, atomic_write_text  # the one atomic writer
-from hmrcli.records import safe_relative_name  # the output-naming rule lives with the records
+from hmrcli.records import (
+    safe_relative_name,  # the output-naming rule lives with the records
+)
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "mesh_bytes", "npz_bytes", "safe_relative_name"]
 

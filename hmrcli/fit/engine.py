@@ -27,7 +27,13 @@ from hmrcli import geometry as G
 from hmrcli.body import BodyModel
 from hmrcli.engine.regress import PersonBox, PersonEstimate
 from hmrcli.fit.landmarks import Landmarker, PersonLandmarks
-from hmrcli.fit.optimize import FitInit, FitOptions, FitTargets, KeypointBody, fit_bodies
+from hmrcli.fit.optimize import (
+    FitInit,
+    FitOptions,
+    FitTargets,
+    KeypointBody,
+    fit_bodies,
+)
 
 __all__ = ["FitEngine", "RefinedEngine", "REFINERS"]
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from hmrcli import geometry as G
 from hmrcli.body import BodyModel
 from hmrcli.fit.priors import BENDS, JOINT_LIMITS, POSE_MEAN
 
@@ -185,14 +186,9 @@ class FitResult:
 
 
 def kabsch(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotations R (B, 3, 3) minimising sum w |R src - dst|^2 for centred point sets (B, N, 3)."""
-    if w is None:
-        w = torch.ones(src.shape[:2], dtype=src.dtype, device=src.device)
-    h = torch.einsum("bn,bni,bnj->bij", w, src, dst)
-    u, _, vt = torch.linalg.svd(h)
-    d = torch.sign(torch.linalg.det(vt.transpose(1, 2) @ u.transpose(1, 2)))
-    dm = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=1))
-    return vt.transpose(1, 2) @ dm @ u.transpose(1, 2)
+    """Rotations R (B, 3, 3) minimising sum w |R src - dst|^2 for centred point sets (B, N, 3)
+    (:func:`hmrcli.geometry.best_rotation`)."""
+    return G.best_rotation(src, dst, w)
 
 
 #: (SMPL joint, COCO start keypoint, COCO end keypoint, SMPL parent joint) of the limb bones the

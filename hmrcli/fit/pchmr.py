@@ -132,6 +132,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from hmrcli import geometry as G
 from hmrcli.body.model import SMPL_PARENTS
 
 __all__ = [
@@ -274,14 +275,8 @@ def kabsch_rotation(
     """
     if w is None:
         w = torch.ones(u.shape[:-1], dtype=u.dtype, device=u.device)
-    h = torch.einsum("...k,...ki,...kj->...ij", w, u, t)
-    uu, s, vh = torch.linalg.svd(h)
-    v = vh.transpose(-1, -2)
-    d = torch.sign(torch.det(v @ uu.transpose(-1, -2)))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    diag = torch.ones(*d.shape, 3, dtype=u.dtype, device=u.device)
-    diag[..., 2] = d
-    r = v @ (diag[..., :, None] * uu.transpose(-1, -2))
+    r = G.best_rotation(u, t, w)
+    s = torch.linalg.svdvals(torch.einsum("...k,...ki,...kj->...ij", w, u, t))
     rank_ok = s[..., 1] > 1e-6 * s[..., 0].clamp_min(1e-30)
     return r, rank_ok & (s[..., 0] > 0)
 

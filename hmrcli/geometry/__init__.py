@@ -67,7 +67,14 @@ from .crops import (
     normalized_to_crop_pixels,
 )
 from .rois import MAX_ROIS, ROI_OFFSETS, ROI_SCALES, make_rois, roi_layout
-from .rotations import axis_angle_to_rotmat, axis_rotation, rot6d_to_rotmat, rotmat_to_axis_angle, rotmat_to_rot6d
+from .rotations import (
+    axis_angle_to_rotmat,
+    axis_rotation,
+    best_rotation,
+    rot6d_to_rotmat,
+    rotmat_to_axis_angle,
+    rotmat_to_rot6d,
+)
 
 __all__ = [
     "BBOX_INFO_CONSTANTS",
@@ -86,6 +93,7 @@ __all__ = [
     "ConsistencyResiduals",
     "axis_angle_to_rotmat",
     "bbox_info",
+    "best_rotation",
     "box_aspect",
     "box_inside_fraction",
     "box_iou_xyxy",

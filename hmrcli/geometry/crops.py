@@ -44,7 +44,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._array import Array, as_arrays, broadcast, check_last_dim, constant_like, namespace
+from ._array import (
+    Array,
+    as_arrays,
+    broadcast,
+    check_last_dim,
+    constant_like,
+    namespace,
+)
 
 __all__ = [
     "CROP_SIZES",

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ._array import Array
 
 __all__ = [
+    "best_rotation",
     "axis_rotation",
     "axis_angle_to_rotmat",
     "rot6d_to_rotmat",
@@ -98,3 +99,14 @@ def axis_rotation(axis: int, angle: np.ndarray) -> np.ndarray:
     r[..., i, i], r[..., j, j] = c, c
     r[..., i, j], r[..., j, i] = -s, s
     return r
+
+
+def best_rotation(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """The proper rotation ``R`` (..., 3, 3) minimising ``sum_k w_k |R src_k - dst_k|^2`` over
+    vectors (..., K, 3) as given (no re-centring: centre point sets first), weights (..., K)
+    >= 0 (None: ones). Kabsch's solution through roma's special Procrustes (the nearest
+    rotation to ``sum_k w_k dst_k src_k^T``; reflections excluded)."""
+    if w is None:
+        w = torch.ones(src.shape[:-1], dtype=src.dtype, device=src.device)
+    m = torch.einsum("...k,...ki,...kj->...ij", w, dst, src)
+    return roma.special_procrustes(m)

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmrcli.render.raster import DEFAULT_MAX_PAIRS, DEFAULT_NEAR, Fragments, clip_near, rasterize
+from hmrcli.render.raster import (
+    DEFAULT_MAX_PAIRS,
+    DEFAULT_NEAR,
+    Fragments,
+    clip_near,
+    rasterize,
+)
 
 __all__ = [
     "AMBIENT",

@@ -32,7 +32,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._blocks import BasicBlock, Bottleneck, batch_norm, conv1x1, conv3x3, make_res_layer
+from ._blocks import (
+    BasicBlock,
+    Bottleneck,
+    batch_norm,
+    conv1x1,
+    conv3x3,
+    make_res_layer,
+)
 
 __all__ = ["HighResolutionModule", "HRNetTrunk"]
 

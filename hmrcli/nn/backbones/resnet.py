@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._blocks import Bottleneck, batch_norm, global_avg_pool, init_weights, make_res_layer
+from ._blocks import (
+    Bottleneck,
+    batch_norm,
+    global_avg_pool,
+    init_weights,
+    make_res_layer,
+)
 
 __all__ = ["ResNet", "resnet50"]
 
