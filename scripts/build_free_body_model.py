@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -59,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmrcli.assets import sha256_file
 from hmrcli.body import JOINT_NAMES, SMPL_PARENTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -417,14 +417,6 @@ def save_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, deterministic_npz_bytes(arrays))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def copy_licences(out_dir: Path) -> dict[str, str]:

@@ -64,7 +64,6 @@ JSON: body model, frame counts, sources with sha256, retargeting figures, option
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -78,6 +77,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from hmrcli.assets import sha256_file  # noqa: E402
 from hmrcli.body import JOINT_NAMES, SMPL_PARENTS  # noqa: E402
 
 SOURCE_REPO = "https://github.com/DragonForgedTheArtist/IClone-CMU-Mocap"
@@ -345,14 +345,6 @@ class Clip:
     G: np.ndarray         # (F, nb, 3, 3) global rotations of the needed mocap joints
     P: np.ndarray         # (F, nb, 3) their positions
     names: list[str]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def needed_names(rig: dict[int, dict], hinges: dict) -> list[str]:
@@ -669,7 +661,7 @@ def plot_retarget(path: Path, panels: list[dict]) -> None:
                 ax.plot([a[ax_i], b[ax_i]], [a[1], b[1]], "-", color="0.55", lw=4, alpha=0.6)
             Ps = pnl["smpl"]
             for p, c in _skeleton_segments():
-                col = "tab:red" if c in (1, 4, 7, 10, 13, 16, 18, 20) else ("tab:blue" if c in (2, 5, 8, 11, 14, 17, 19, 21) else "k")
+                col = _side_colour(c)
                 ax.plot([Ps[p, ax_i], Ps[c, ax_i]], [Ps[p, 1], Ps[c, 1]], "-o", color=col, lw=1.5, ms=2)
             ax.set_aspect("equal")
             ax.set_xticks([])
@@ -682,6 +674,12 @@ def plot_retarget(path: Path, panels: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _side_colour(joint: int) -> str:
+    """Plot colour of a bone by the side of its child joint: red left, blue right, black centre."""
+    return "tab:red" if joint in (1, 4, 7, 10, 13, 16, 18, 20) else ("tab:blue" if joint in (2, 5, 8, 11, 14, 17, 19, 21)
+                                                                   else "k")
 
 
 def plot_samples(path: Path, poses: list[np.ndarray], rest_joints: np.ndarray, titles: list[str]) -> None:
@@ -702,7 +700,7 @@ def plot_samples(path: Path, poses: list[np.ndarray], rest_joints: np.ndarray, t
         for row, ax_i in enumerate((0, 2)):
             ax = axes[row, i]
             for p, c in _skeleton_segments():
-                col = "tab:red" if c in (1, 4, 7, 10, 13, 16, 18, 20) else ("tab:blue" if c in (2, 5, 8, 11, 14, 17, 19, 21) else "k")
+                col = _side_colour(c)
                 ax.plot([P[p, ax_i], P[c, ax_i]], [P[p, 1], P[c, 1]], "-o", color=col, lw=1.5, ms=2)
             ax.set_aspect("equal")
             ax.set_xticks([])
