@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hmrcli import geometry as G
 from hmrcli.body.safe_pickle import UnsafePickleError, _SmplUnpickler, _to_plain
 
 __all__ = ["Sample", "DatasetError", "load_npz_arrays", "read_spin_npz", "read_3dpw_sequences", "load_dataset",
@@ -165,24 +166,6 @@ def load_sequence_pickle(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
-def _rotvec_to_mat(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64).reshape(-1, 3)
-    th = np.linalg.norm(v, axis=1, keepdims=True)
-    k = v / np.maximum(th, 1e-12)
-    kx = np.zeros((len(v), 3, 3))
-    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    kx = kx - np.swapaxes(kx, 1, 2)
-    s, c = np.sin(th)[:, :, None], np.cos(th)[:, :, None]
-    return np.eye(3) + s * kx + (1 - c) * kx @ kx
-
-
-def _mat_to_rotvec(r: np.ndarray) -> np.ndarray:
-    import roma
-    import torch
-
-    return roma.rotmat_to_rotvec(torch.as_tensor(np.asarray(r, dtype=np.float64))).numpy()
-
-
 def keypoint_box(kp2d: np.ndarray, rescale: float = 1.2) -> np.ndarray | None:
     """(cx, cy, b) from (3, K) or (K, 3) keypoints (x, y, conf): the box of the confident
     keypoints, square side ``max(w, h) * rescale``; None without confident keypoints."""
@@ -224,8 +207,8 @@ def read_3dpw_sequences(root: str | os.PathLike, split: str = "test") -> list[Sa
             idx = np.nonzero(valid)[0]
             if len(idx) == 0:
                 continue
-            orient = cam[idx, :3, :3] @ _rotvec_to_mat(poses[idx, :3])
-            orient_aa = _mat_to_rotvec(orient)
+            orient = cam[idx, :3, :3] @ G.axis_angle_to_rotmat(poses[idx, :3])
+            orient_aa = G.rotmat_to_axis_angle(orient)
             for n, i in enumerate(idx):
                 box = keypoint_box(np.asarray(d["poses2d"][p][i]))
                 if box is None:

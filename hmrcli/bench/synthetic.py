@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hmrcli.bench.datasets import _mat_to_rotvec, _rotvec_to_mat, keypoint_box
+from hmrcli import geometry as G
+from hmrcli.bench.datasets import keypoint_box
 
 __all__ = ["random_poses", "write_synthetic_3dpw", "write_synthetic_h36m"]
 
@@ -33,10 +34,10 @@ def random_poses(n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 72) axis-angle: upright global orientation with a random heading, mild body pose."""
     pose = rng.normal(scale=0.15, size=(n, 72))
     heading = rng.uniform(-np.pi, np.pi, size=n)
-    up = _rotvec_to_mat(np.stack([np.zeros(n), heading, np.zeros(n)], 1))
-    flip = _rotvec_to_mat(np.array([[np.pi, 0, 0]]))  # SMPL +Y up -> camera +Y down
-    tilt = _rotvec_to_mat(rng.normal(scale=0.1, size=(n, 3)))
-    pose[:, :3] = _mat_to_rotvec(flip @ up @ tilt)
+    up = G.axis_angle_to_rotmat(np.stack([np.zeros(n), heading, np.zeros(n)], 1))
+    flip = G.axis_angle_to_rotmat(np.array([[np.pi, 0, 0]]))  # SMPL +Y up -> camera +Y down
+    tilt = G.axis_angle_to_rotmat(rng.normal(scale=0.1, size=(n, 3)))
+    pose[:, :3] = G.rotmat_to_axis_angle(flip @ up @ tilt)
     return pose
 
 
@@ -80,7 +81,7 @@ def write_synthetic_3dpw(
         seqs.append(seq)
         (root / "imageFiles" / seq).mkdir(parents=True, exist_ok=True)
         frames = np.arange(n_frames) * 2  # not every image frame is annotated
-        cam_r = _rotvec_to_mat(np.stack([np.zeros(n_frames), rng.uniform(-0.5, 0.5, n_frames), np.zeros(n_frames)], 1))
+        cam_r = G.axis_angle_to_rotmat(np.stack([np.zeros(n_frames), rng.uniform(-0.5, 0.5, n_frames), np.zeros(n_frames)], 1))
         cam_t = np.tile([0.0, 0.0, 4.0], (n_frames, 1))
         cam = np.tile(np.eye(4), (n_frames, 1, 1))
         cam[:, :3, :3], cam[:, :3, 3] = cam_r, cam_t
@@ -110,7 +111,7 @@ def write_synthetic_3dpw(
                 v[-1] = 0  # one frame with an invalid camera pose
             poses.append(pw); betas.append(np.concatenate([b, np.zeros(6)])); trans.append(tr)
             p2d.append(pose2d); valid.append(v); kps_all.append(uv)
-            orient_cam = _mat_to_rotvec(cam_r @ _rotvec_to_mat(pw[:, :3]))
+            orient_cam = G.rotmat_to_axis_angle(cam_r @ G.axis_angle_to_rotmat(pw[:, :3]))
             for f in range(n_frames):
                 if not v[f]:
                     continue

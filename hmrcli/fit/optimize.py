@@ -199,19 +199,6 @@ IK_BONES: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-def _align(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Smallest rotations (B, 3, 3) taking directions a to b (B, 3)."""
-    import roma
-
-    a = a / torch.linalg.norm(a, dim=-1, keepdim=True).clamp(min=1e-9)
-    b = b / torch.linalg.norm(b, dim=-1, keepdim=True).clamp(min=1e-9)
-    axis = torch.cross(a, b, dim=-1)
-    s = torch.linalg.norm(axis, dim=-1, keepdim=True)
-    c = (a * b).sum(-1, keepdim=True)
-    ang = torch.atan2(s, c)
-    return roma.rotvec_to_rotmat(axis / s.clamp(min=1e-9) * ang)
-
-
 def swing_init(rest_kp: torch.Tensor, global_rot: torch.Tensor, kp3d: torch.Tensor, conf3d: torch.Tensor,
                base: torch.Tensor | None = None) -> torch.Tensor:
     """Body pose (B, 23, 3, 3) whose limb bones point along the 3D landmarks' limb
@@ -232,7 +219,7 @@ def swing_init(rest_kp: torch.Tensor, global_rot: torch.Tensor, kp3d: torch.Tens
         d_rest = torch.einsum("bij,bj->bi", gp, rest_kp[:, ke] - rest_kp[:, ks])
         d_tgt = kp3d[:, ke] - kp3d[:, ks]
         ok = (conf3d[:, ks] > 0) & (conf3d[:, ke] > 0)
-        rl = gp.transpose(1, 2) @ _align(d_rest, d_tgt) @ gp
+        rl = gp.transpose(1, 2) @ G.rotation_between(d_rest, d_tgt) @ gp
         rl = torch.where(ok[:, None, None], rl, local[:, j - 1])
         local[:, j - 1] = rl
         glob[j] = gp @ rl

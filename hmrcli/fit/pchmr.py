@@ -134,6 +134,7 @@ import torch
 
 from hmrcli import geometry as G
 from hmrcli.body.model import SMPL_PARENTS
+from hmrcli.geometry import rotation_between  # noqa: F401  (part of this module's API: PC-HMR Eqs. 6-7)
 
 __all__ = [
     "BLAZEPOSE_TO_SMPL24",
@@ -224,45 +225,6 @@ class CalibrationResult:
 # --------------------------------------------------------------------------------------
 # rotations
 # --------------------------------------------------------------------------------------
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """(..., 3) -> (..., 3, 3) cross-product matrix (the paper's ``phi^``)."""
-    z = torch.zeros_like(v[..., 0])
-    x, y, w = v[..., 0], v[..., 1], v[..., 2]
-    return torch.stack(
-        (torch.stack((z, -w, y), -1), torch.stack((w, z, -x), -1), torch.stack((-y, x, z), -1)), -2
-    )
-
-
-def rotation_between(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Smallest rotation turning direction ``a`` onto direction ``b`` (PC-HMR Eqs. 6-7).
-
-    a, b: (..., 3), any non-zero lengths. Returns (..., 3, 3) with ``R a / |a| = b / |b|``.
-    The angle is ``atan2(|a x b|, a . b)`` (= Eq. 6's arccos, accurate near 0 and pi), the
-    axis ``(a x b) / |a x b|``, and ``R`` is Rodrigues' formula (Eq. 7). Parallel directions
-    (or a zero vector) give the identity; anti-parallel ones a half turn about an axis
-    normal to ``a``.
-    """
-    an = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)
-    bn = b / b.norm(dim=-1, keepdim=True).clamp_min(eps)
-    cross = torch.cross(an, bn, dim=-1)
-    s = cross.norm(dim=-1)
-    c = (an * bn).sum(-1)
-    theta = torch.atan2(s, c)
-    tiny = s < 1e-9
-    phi = cross / s.clamp_min(1e-30)[..., None]
-    # Anti-parallel: any unit axis normal to a (a x e for the basis vector least aligned with a).
-    e = torch.zeros_like(an)
-    e.scatter_(-1, an.abs().argmin(-1, keepdim=True), 1.0)
-    perp = torch.cross(an, e, dim=-1)
-    perp = perp / perp.norm(dim=-1, keepdim=True).clamp_min(eps)
-    anti = tiny & (c < 0)
-    phi = torch.where(tiny[..., None], torch.where(anti[..., None], perp, torch.zeros_like(phi)), phi)
-    theta = torch.where(tiny & ~anti, torch.zeros_like(theta), theta)
-    eye = torch.eye(3, dtype=a.dtype, device=a.device).expand(*a.shape[:-1], 3, 3)
-    ct, st = torch.cos(theta)[..., None, None], torch.sin(theta)[..., None, None]
-    return ct * eye + (1 - ct) * phi[..., :, None] * phi[..., None, :] + st * _skew(phi)
-
-
 def kabsch_rotation(
     u: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

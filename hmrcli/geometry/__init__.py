@@ -72,6 +72,7 @@ from .rotations import (
     axis_rotation,
     best_rotation,
     rot6d_to_rotmat,
+    rotation_between,
     rotmat_to_axis_angle,
     rotmat_to_rot6d,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "axis_angle_to_rotmat",
     "bbox_info",
     "best_rotation",
+    "rotation_between",
     "box_aspect",
     "box_inside_fraction",
     "box_iou_xyxy",

@@ -24,6 +24,7 @@ from ._array import Array
 
 __all__ = [
     "best_rotation",
+    "rotation_between",
     "axis_rotation",
     "axis_angle_to_rotmat",
     "rot6d_to_rotmat",
@@ -110,3 +111,30 @@ def best_rotation(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor | None =
         w = torch.ones(src.shape[:-1], dtype=src.dtype, device=src.device)
     m = torch.einsum("...k,...ki,...kj->...ij", w, dst, src)
     return roma.special_procrustes(m)
+
+
+def rotation_between(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """The smallest rotation turning direction ``a`` onto direction ``b`` (the "swing"; PC-HMR
+    Eqs. 6-7). a, b: (..., 3), any non-zero lengths -> (..., 3, 3) with ``R a/|a| = b/|b|``.
+
+    Angle ``atan2(|a x b|, a . b)`` (accurate near 0 and pi), axis ``(a x b) / |a x b|``, the
+    matrix by roma (Rodrigues). Parallel directions (or a zero vector) give the identity;
+    anti-parallel ones a half turn about an axis normal to ``a``. Why not roma alone: roma has
+    no rotation-between-two-vectors, and the anti-parallel case needs this axis choice."""
+    an = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)
+    bn = b / b.norm(dim=-1, keepdim=True).clamp_min(eps)
+    cross = torch.cross(an, bn, dim=-1)
+    s = cross.norm(dim=-1)
+    c = (an * bn).sum(-1)
+    theta = torch.atan2(s, c)
+    tiny = s < 1e-9
+    axis = cross / s.clamp_min(1e-30)[..., None]
+    # anti-parallel: any unit axis normal to a (a x e, e the basis vector least aligned with a)
+    e = torch.zeros_like(an)
+    e.scatter_(-1, an.abs().argmin(-1, keepdim=True), 1.0)
+    perp = torch.cross(an, e, dim=-1)
+    perp = perp / perp.norm(dim=-1, keepdim=True).clamp_min(eps)
+    anti = tiny & (c < 0)
+    axis = torch.where(tiny[..., None], torch.where(anti[..., None], perp, torch.zeros_like(axis)), axis)
+    theta = torch.where(tiny & ~anti, torch.zeros_like(theta), theta)
+    return roma.rotvec_to_rotmat(axis * theta[..., None])

@@ -257,12 +257,6 @@ def points_to_crop(points: Any, affines: Any, crop_hw: Sequence[int]) -> Any:
     return xy * scale - 1.0
 
 
-def _rot_z(deg: float) -> np.ndarray:
-    a = np.deg2rad(deg)
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def _aa_to_mat(v: np.ndarray) -> np.ndarray:
     return G.axis_angle_to_rotmat(np.asarray(v, dtype=np.float64))
 
@@ -329,7 +323,7 @@ def image_transform(params: AugmentParams, img_wh: tuple[float, float]) -> tuple
         ``X' = L X`` (``diag(-1, 1, 1) @ Rz(rot)``; a reflection when flipped).
     """
     w, h = float(img_wh[0]), float(img_wh[1])
-    rz = _rot_z(params.rot)
+    rz = G.axis_rotation(2, np.deg2rad(params.rot))
     c = np.array([w / 2.0, h / 2.0])
     T = np.concatenate([rz[:2, :2], (c - rz[:2, :2] @ c)[:, None]], axis=1)
     L = rz
@@ -369,7 +363,7 @@ def transform_targets(t: Targets, params: AugmentParams, img_wh: tuple[float, fl
     j3[:, :3] = j3[:, :3] @ L.T
     js = t.joints_smpl.copy()
     js[:, :3] = js[:, :3] @ L.T
-    rz = _rot_z(params.rot)
+    rz = G.axis_rotation(2, np.deg2rad(params.rot))
     pose = t.pose.copy()
     pose[:3] = _mat_to_aa(rz @ _aa_to_mat(pose[:3]))
     has_cam_t = t.has_cam_t and t.joints_smpl[0, 3] > 0
