@@ -29,6 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from hmrcli.train.data import (
+    AugmentConfig,  # the one definition (also used by the datasets)
+)
+
 __all__ = [
     "ConfigError",
     "AugmentConfig",
@@ -60,22 +64,6 @@ class DatasetConfig:
     img_root: str = ""  # folder the npz's imgname paths are relative to ("" = the npz's folder)
     ratio: float = 1.0  # mixing ratio among the training datasets (normalised to sum 1)
     name: str = ""  # label in logs (default: the file name)
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentations (SPIN's; :class:`hmrcli.train.data.AugmentConfig`): box scale
-    jitter, box centre shift, in-plane rotation (with probability ``rot_prob``, as a camera
-    roll so the full camera stays valid), horizontal flip (left/right joints swapped),
-    per-channel colour gains. ``enabled = false`` turns all of them off."""
-
-    enabled: bool = True
-    flip_prob: float = 0.5
-    rot_factor: float = 30.0  # degrees (std, clipped to +-2 std)
-    rot_prob: float = 0.4
-    scale_factor: float = 0.25
-    shift_factor: float = 0.0  # box centre shift std, units of the box size
-    noise_factor: float = 0.4
 
 
 @dataclass

@@ -268,18 +268,21 @@ def _mat_to_aa(r: np.ndarray) -> np.ndarray:
 # -- augmentation ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class AugmentConfig:
-    """Training augmentation (defaults: SPIN's).
+    """Training augmentation (defaults: SPIN's); also the ``[data.augment]`` table of the
+    training config (:mod:`hmrcli.train.config`).
 
-    flip_prob: probability of a horizontal flip.  rot_factor: rotation std in degrees
-    (clipped to +-2 rot_factor), applied with probability ``rot_prob`` (SPIN: 0.4).
-    scale_factor: box size factor ``~ 1 + N(0, scale_factor)`` clipped to
-    ``1 +- scale_factor``.  shift_factor: box centre shift ``~ N(0, shift_factor) * b`` per
-    axis, clipped to +-2 std (0: off, as SPIN).  noise_factor: per-channel colour gain in
-    ``[1 - noise_factor, 1 + noise_factor]``.
+    enabled: false turns every augmentation off.  flip_prob: probability of a horizontal
+    flip (left/right joints swapped).  rot_factor: rotation std in degrees (clipped to
+    +-2 rot_factor), applied with probability ``rot_prob`` (SPIN: 0.4), as a camera roll so
+    the full camera stays valid.  scale_factor: box size factor ``~ 1 + N(0, scale_factor)``
+    clipped to ``1 +- scale_factor``.  shift_factor: box centre shift
+    ``~ N(0, shift_factor) * b`` per axis, clipped to +-2 std (0: off, as SPIN).
+    noise_factor: per-channel colour gain in ``[1 - noise_factor, 1 + noise_factor]``.
     """
 
+    enabled: bool = True
     flip_prob: float = 0.5
     rot_factor: float = 30.0
     rot_prob: float = 0.4

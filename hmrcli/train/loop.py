@@ -165,13 +165,7 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str,
 
 
 def _augment(cfg: TrainConfig):
-    from hmrcli.train.data import AugmentConfig
-
-    a = cfg.data.augment
-    if not a.enabled:
-        return None
-    return AugmentConfig(flip_prob=a.flip_prob, rot_factor=a.rot_factor, rot_prob=a.rot_prob,
-                         scale_factor=a.scale_factor, shift_factor=a.shift_factor, noise_factor=a.noise_factor)
+    return cfg.data.augment if cfg.data.augment.enabled else None
 
 
 def _spin_dataset(cfg: TrainConfig, d, augment):
