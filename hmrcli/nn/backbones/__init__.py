@@ -27,13 +27,11 @@ from torch import nn
 
 from .hrnet_cls import ClsHRNet, hrnet_w48_cls
 from .hrnet_pose import PoseHRNet, hrnet_w48_pose
-from .resnet import ResNet, resnet50
-from .resnet18 import BasicResNet, resnet18
+from .resnet import ResNet, resnet18, resnet50
 
 __all__ = [
     "BACKBONES",
     "BackboneSpec",
-    "BasicResNet",
     "ClsHRNet",
     "PoseHRNet",
     "ResNet",
