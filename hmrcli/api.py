@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -15,7 +17,7 @@ from hmrcli.body import load_body_model
 from hmrcli.nn.checkpoints import RegressorConfig
 from hmrcli.weights.catalogue import load_regressor
 
-__all__ = ["load_regressor", "load_body_model", "estimate_people", "RegressorConfig"]
+__all__ = ["load_regressor", "load_body_model", "estimate_people", "make_engine", "EngineChoice", "RegressorConfig"]
 
 
 def estimate_people(
@@ -43,3 +45,71 @@ def estimate_people(
     if not persons:
         return []
     return engine.run([(engine.prepare(np.asarray(image), persons, focal), persons)])[0]
+
+
+ENGINES = ("auto", "regress", "fit")
+REFINEMENTS = ("none", "fit", "pc-hmr")
+
+
+class EngineChoice(str):
+    """The engine :func:`make_engine` built (``"regress"`` or ``"fit"``) and why (``reason``)."""
+
+    reason: str = ""
+
+
+def make_engine(
+    engine: str = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    body=None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 16,
+    aggregation: str | None = None,
+    rois: int = 5,
+    landmarks: str = "full",
+    pose_prior: str = "relaxed",
+    refine: str = "none",
+):
+    """The engine ``hmrcli infer`` runs, for the batch pipeline (:func:`hmrcli.pipeline.run_inference`)
+    or direct ``prepare``/``run`` calls. Returns ``(engine, choice)``.
+
+    ``engine``: ``regress`` (the Multi-RoI / CLIFF network of ``checkpoint``), ``fit`` (the
+    body model fitted to BlazePose landmarks on ``rois`` RoIs, ``landmarks`` full|heavy,
+    ``pose_prior`` relaxed|gmm) or ``auto`` (regress with a checkpoint, else fit);
+    ``refine``: none, fit or pc-hmr after it. ``body`` defaults to ``load_body_model("auto")``.
+    Raises ValueError for bad combinations, CheckpointError / DetectorUnavailable when a
+    checkpoint or BlazePose cannot be loaded."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if refine not in REFINEMENTS:
+        raise ValueError(f"refine must be one of {', '.join(REFINEMENTS)}, got {refine!r}")
+    if landmarks not in ("full", "heavy"):
+        raise ValueError(f"landmarks must be full or heavy, got {landmarks!r}")
+    if pose_prior not in ("relaxed", "gmm"):
+        raise ValueError(f"pose_prior must be relaxed or gmm, got {pose_prior!r}")
+    choice = EngineChoice(engine if engine != "auto" else ("regress" if checkpoint else "fit"))
+    choice.reason = (f"regressor checkpoint {checkpoint}" if checkpoint else
+                     "no regressor checkpoint configured (--checkpoint / HMRCLI_CHECKPOINT): fitting the body model "
+                     "to BlazePose landmarks, offline") if engine == "auto" else f"--engine {engine}"
+    if choice == "regress" and checkpoint is None:
+        raise ValueError("the regression engine needs a regressor checkpoint: pass a file or a name from "
+                         "`hmrcli weights list` (hmrcli doctor shows which are found), or use the fit engine")
+    if choice == "fit" and refine == "fit":
+        refine = "none"  # the fit engine already fits
+    from hmrcli.fit.engine import FitEngine, RefinedEngine
+    from hmrcli.fit.optimize import FitOptions
+
+    if body is None:
+        body = load_body_model("auto")
+    if choice == "regress":
+        from hmrcli.engine.regress import RegressionEngine
+
+        net = load_regressor(checkpoint, device=device, aggregation=aggregation)
+        eng = RegressionEngine(net, body, device=device, precision=precision, batch_size=batch_size)
+    else:
+        eng = FitEngine(body, device=device, num_rois=rois, batch_size=batch_size, landmark_model=landmarks,
+                        options=FitOptions(pose_prior=pose_prior))
+    if refine != "none":
+        eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks,
+                            options=FitOptions(pose_prior=pose_prior))
+    return eng, choice

@@ -98,10 +98,9 @@ def infer(
 
     Exit status: 0 all images done, 1 some failed (see OUT/errors.jsonl), 2 none succeeded
     or bad usage, 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM."""
-    from hmrcli.api import load_regressor
+    from hmrcli.api import ENGINES, REFINEMENTS, make_engine
     from hmrcli.body import load_body_model
     from hmrcli.detect import DetectorUnavailable
-    from hmrcli.engine.regress import RegressionEngine
     from hmrcli.intrinsics import (
         IntrinsicsError,
         load_intrinsics,
@@ -122,45 +121,21 @@ def infer(
         raise typer.BadParameter(f"unknown mesh format(s) {bad or mesh_format!r}: use obj and/or ply", param_hint="--mesh-format")
     if mesh_frame not in ("camera", "model"):
         raise typer.BadParameter("use camera or model", param_hint="--mesh-frame")
-    if engine not in ("auto", "regress", "fit"):
-        raise typer.BadParameter("use auto, regress or fit", param_hint="--engine")
-    if refine not in ("none", "fit", "pc-hmr"):
-        raise typer.BadParameter("use none, fit or pc-hmr", param_hint="--refine")
-    if engine == "auto":
-        engine = "regress" if checkpoint else "fit"
-        if not quiet:
-            why = (f"regressor checkpoint {checkpoint}" if checkpoint else
-                   "no regressor checkpoint configured (--checkpoint / HMRCLI_CHECKPOINT): fitting the body model "
-                   "to BlazePose landmarks, offline")
-            stderr.print(f"engine: {engine} ({why})", markup=False, highlight=False)
+    for value, allowed, hint in ((engine, ENGINES, "--engine"), (refine, REFINEMENTS, "--refine"),
+                                 (landmarks, ("full", "heavy"), "--landmarks"), (pose_prior, ("relaxed", "gmm"), "--pose-prior")):
+        if value not in allowed:
+            raise typer.BadParameter(f"use {', '.join(allowed)}", param_hint=hint)
     if engine == "regress" and checkpoint is None:
         stderr.print("error: --engine regress needs a regressor checkpoint. Pass --checkpoint FILE or a name from "
                      "`hmrcli weights list` (hmrcli doctor shows which are found), or use --engine fit.",
                      markup=False, highlight=False)
         raise typer.Exit(2)
-    if landmarks not in ("full", "heavy"):
-        raise typer.BadParameter("use full or heavy", param_hint="--landmarks")
-    if pose_prior not in ("relaxed", "gmm"):
-        raise typer.BadParameter("use relaxed or gmm", param_hint="--pose-prior")
-    from hmrcli.fit.optimize import FitOptions
-    if engine == "fit" and refine == "fit":
-        refine = "none"  # the fit engine already fits
     try:
         dev = resolve_device(device)
         body = load_body_model(body_model, gender=gender, smpl_dir=smpl_dir)
-        if engine == "regress":
-            net = load_regressor(checkpoint, device=dev, aggregation=aggregation)
-            eng = RegressionEngine(net, body, device=dev, precision=precision, batch_size=batch_size)
-        else:
-            from hmrcli.fit.engine import FitEngine
-
-            eng = FitEngine(body, device=dev, num_rois=rois, batch_size=batch_size, landmark_model=landmarks,
-                            options=FitOptions(pose_prior=pose_prior))
-        if refine != "none":
-            from hmrcli.fit.engine import RefinedEngine
-
-            eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks,
-                                options=FitOptions(pose_prior=pose_prior))
+        eng, choice = make_engine(engine, checkpoint, body, device=dev, precision=precision, batch_size=batch_size,
+                                  aggregation=aggregation, rois=rois, landmarks=landmarks, pose_prior=pose_prior,
+                                  refine=refine)
     except DetectorUnavailable as e:
         stderr.print(f"error: the fitting engine needs MediaPipe's BlazePose (the [fit] extra; `make install-fit`): {e}",
                      markup=False, highlight=False)
@@ -168,6 +143,8 @@ def infer(
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         stderr.print(f"error: {e}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+    if engine == "auto" and not quiet:
+        stderr.print(f"engine: {choice} ({choice.reason})", markup=False, highlight=False)
     if not eng.betas_applied and not quiet:
         stderr.print(f"note: the checkpoint regresses {eng.betas_space} betas, which mean nothing to the "
                      f"{body.info.name} body model: meshes use its mean shape (the betas are still saved).",

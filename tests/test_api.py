@@ -1,0 +1,44 @@
+"""The Python API does what `hmrcli infer` does: engine choice (hmrcli.api.make_engine), then the
+batch pipeline with a detector, without the CLI."""
+
+from pathlib import Path
+
+import pytest
+
+from hmrcli.api import make_engine
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
+
+
+def test_engine_choice_and_refusals(constant_checkpoint):
+    from hmrcli.body import load_body_model
+
+    body = load_body_model("free")
+    eng, choice = make_engine("auto", constant_checkpoint, body)
+    assert choice == "regress" and "constant" in choice.reason and eng.name == "regress"
+    eng, choice = make_engine("auto", constant_checkpoint, body, refine="pc-hmr")
+    assert eng.name == "regress+pc-hmr"
+    for kw, msg in ((dict(engine="nope"), "engine must be"), (dict(refine="x"), "refine must be"),
+                    (dict(landmarks="lite"), "landmarks must be"), (dict(pose_prior="vae"), "pose_prior must be"),
+                    (dict(engine="regress"), "needs a regressor checkpoint")):
+        with pytest.raises(ValueError, match=msg):
+            make_engine(body=body, **kw)
+
+
+@pytest.mark.fit
+def test_api_runs_the_whole_job(tmp_path):
+    """Detector + fit engine + pipeline from Python: both people of the park photo."""
+    from hmrcli.detect import create_detector
+    from hmrcli.pipeline import InferOptions, run_inference
+    from hmrcli.sources import expand_inputs
+
+    eng, choice = make_engine(pose_prior="gmm")
+    assert choice == "fit" and "offline" in choice.reason and eng.options.pose_prior == "gmm"
+    det = create_detector("auto")
+    try:
+        summary = run_inference(expand_inputs([str(SAMPLES / "two_people_park.jpg")]), eng,
+                                InferOptions(out=tmp_path / "out"), detector=det)
+    finally:
+        eng.close()
+    assert (summary.done, summary.persons, summary.failed) == (1, 2, 0)
+    assert (tmp_path / "out" / "two_people_park.jpg" / "person_01.obj").is_file()
