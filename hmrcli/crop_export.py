@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from hmrcli.files import append_json_line
 from hmrcli.records import (
     CROP_EVENT_SCHEMA,
     CROPS_SCHEMA,
-    batch_exit_code,
+    BatchSummary,
     error_record,
     source_fields,
 )
@@ -57,24 +57,14 @@ class CropOptions:
 
 
 @dataclass
-class CropSummary:
-    images: int = 0
-    done: int = 0
-    failed: int = 0
-    persons: int = 0
+class CropSummary(BatchSummary):
+    """Counts of ``hmrcli crop``: images done / failed, ``persons`` cropped, ``crops`` written."""
+
+    command: ClassVar[str] = "crop"
     crops: int = 0
-    seconds: float = 0.0
-    errors: list[dict[str, str]] = field(default_factory=list)
 
-    @property
-    def exit_code(self) -> int:
-        """0: every image done; 1: some failed; 2: all failed."""
-        return batch_exit_code(self.failed, self.done)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"schema": "hmrcli.summary/1", "command": "crop", "images": self.images, "done": self.done,
-                "failed": self.failed, "persons": self.persons, "crops": self.crops,
-                "seconds": round(self.seconds, 3), "exit_code": self.exit_code}
+    def _extra_json(self) -> dict[str, Any]:
+        return {"crops": self.crops}
 
 
 def person_crops(image: np.ndarray, box_xyxy: Any, num_rois: int = 5, aspect: str = "rect",

@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -74,7 +74,7 @@ from hmrcli.export.writers import (
 )
 from hmrcli.files import append_json_line, write_all
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
-from hmrcli.records import batch_exit_code, error_record
+from hmrcli.records import BatchSummary, error_record
 from hmrcli.sources import ImageSource, read_image
 
 __all__ = ["InferOptions", "InferSummary", "StopRequest", "Manifest", "run_inference", "run_settings",
@@ -118,18 +118,12 @@ class InferOptions:
 
 
 @dataclass
-class InferSummary:
-    images: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    persons: int = 0
-    seconds: float = 0.0
+class InferSummary(BatchSummary):
+    command: ClassVar[str] = "infer"
     interrupted: str | None = None  # "SIGINT", "SIGTERM", ... when the run was stopped
     redone: int = 0  # images that had results made with other settings (or none recorded), redone
     no_person: int = 0  # images done with no person found by the detector (recorded, exit status unchanged)
     persons_failed: int = 0  # persons found but not reconstructed (no landmarks, unusable box, ...)
-    errors: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def remaining(self) -> int:
@@ -142,14 +136,11 @@ class InferSummary:
         130 / 143: stopped by SIGINT / SIGTERM (128 + signal number)."""
         if self.interrupted:
             return SIGNAL_EXIT_CODES.get(self.interrupted, 130)
-        return batch_exit_code(self.failed, self.done + self.skipped)
+        return super().exit_code
 
-    def to_json(self) -> dict[str, Any]:
-        return {"schema": "hmrcli.summary/1", "command": "infer", "images": self.images, "done": self.done,
-                "skipped": self.skipped, "failed": self.failed, "remaining": self.remaining,
-                "redone": self.redone, "persons": self.persons, "no_person": self.no_person,
-                "persons_failed": self.persons_failed, "seconds": round(self.seconds, 3),
-                "interrupted": self.interrupted, "exit_code": self.exit_code}
+    def _extra_json(self) -> dict[str, Any]:
+        return {"remaining": self.remaining, "redone": self.redone, "no_person": self.no_person,
+                "persons_failed": self.persons_failed, "interrupted": self.interrupted}
 
 
 class StopRequest:
@@ -828,7 +819,10 @@ def run_inference(
         _remove_stale(d, set(files) | {"result.json"})
         if not run_line_written:
             man.append({"kind": "run", "settings_id": sid, "settings": settings, "files": hashed,
-                        "hmrcli": __version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                        "hmrcli": __version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "device": str(getattr(engine, "device", "cpu")),
+                        "batch_size": getattr(engine, "batch_size", None),
+                        "images_per_step": opts.images_per_step, "workers": opts.workers})
             run_line_written = True
         man.append({"kind": "image", "name": src.name, "image": str(src.path), "settings_id": sid,
                     "input": fps.get(src.name), "persons": len(kept), "files": files})

@@ -85,15 +85,16 @@ import os
 import re
 import sys
 import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 
 __all__ = ["batch_exit_code", "DETECTIONS_SCHEMA", "CROPS_SCHEMA", "CROP_EVENT_SCHEMA", "ERROR_SCHEMA",
            "SUMMARY_SCHEMA", "read_detection_records", "parse_detection_records",
            "parse_input_text", "detection_record", "error_record", "source_fields", "validate_person",
-           "coco_to_records", "is_coco_document", "sort_persons", "safe_relative_name"]
+           "coco_to_records", "is_coco_document", "sort_persons", "safe_relative_name", "BatchSummary"]
 
 log = logging.getLogger(__name__)
 
@@ -377,3 +378,33 @@ def batch_exit_code(failed: int, succeeded: int) -> int:
     if failed == 0:
         return 0
     return 2 if succeeded == 0 else 1
+
+
+@dataclass
+class BatchSummary:
+    """The counts every batch command reports (``hmrcli.summary/1``): ``images`` given,
+    ``done``, ``skipped``, ``failed`` (units of work: images, or persons and overlays for
+    export), ``persons``, ``seconds``, and the error records (also in errors.jsonl). Commands
+    add their own counts in subclasses (``_extra_json`` puts them into the JSON line)."""
+
+    command: ClassVar[str] = ""
+    images: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    persons: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0: nothing failed; 1: some failed; 2: all failed (:func:`batch_exit_code`)."""
+        return batch_exit_code(self.failed, self.done + self.skipped)
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SUMMARY_SCHEMA, "command": self.command, "images": self.images, "done": self.done,
+                "skipped": self.skipped, "failed": self.failed, "persons": self.persons, **self._extra_json(),
+                "seconds": round(self.seconds, 3), "exit_code": self.exit_code}

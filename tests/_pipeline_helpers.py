@@ -105,6 +105,41 @@ def hmrcli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", "from hmrcli.cli import main; main()", *args]
 
 
+#: environment variable naming the gate folder of :func:`gated_hmrcli_cmd`
+GATE_ENV = "HMRCLI_TEST_ENGINE_GATE"
+
+
+def gated_hmrcli_cmd(*args: str) -> list[str]:
+    """``hmrcli`` in a subprocess whose regression engine is gated (:func:`install_engine_gate`,
+    folder from ``$HMRCLI_TEST_ENGINE_GATE``): the test decides when work remains."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import _pipeline_helpers as h; "
+            "h.install_engine_gate(); from hmrcli.cli import main; main()")
+    return [sys.executable, "-c", code, *args]
+
+
+def install_engine_gate(gate: str | os.PathLike | None = None, free_calls: int = 1) -> None:
+    """Make ``RegressionEngine.run`` block, from call ``free_calls + 1`` on, until ``GATE/go``
+    exists; before blocking, call k creates ``GATE/blocked-k``. So a test knows that exactly
+    ``free_calls`` batches have finished and that the run is held before the next one."""
+    import time
+
+    from hmrcli.engine.regress import RegressionEngine
+
+    folder = Path(gate if gate is not None else os.environ[GATE_ENV])
+    orig = RegressionEngine.run
+    calls = [0]
+
+    def run(self, prepared):
+        calls[0] += 1
+        if calls[0] > free_calls:
+            (folder / f"blocked-{calls[0]}").touch()
+            while not (folder / "go").exists():
+                time.sleep(0.005)
+        return orig(self, prepared)
+
+    RegressionEngine.run = run
+
+
 def child_env() -> dict[str, str]:
     """The environment of hmrcli subprocesses: one torch thread (an OpenMP team on a shared,
     busy test machine spends most of its time waiting for preempted threads)."""

@@ -3,17 +3,20 @@
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from _fake_smpl import make_fake_smpl, write_chumpy_pickle
+from _fake_smpl import make_fake_smpl, reference_lbs, write_chumpy_pickle
+from _probe import small_checkpoint
 from hmrcli.bench.synthetic import write_synthetic_3dpw
 from hmrcli.cli import app
 from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native
 
 runner = CliRunner()
+METRICS = ("MPJPE", "PA-MPJPE", "PVE")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,12 @@ def test_table_output_and_errors(setup, tmp_path):
                             "--ground-truth-predictor", "--no-json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "PA-MPJPE" in r.stdout and "synthetic_seq_01" in r.stdout and "published" in r.stdout
+    # the ground truth scores 0.0 mm in every column of every row of ours
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:6]]
+            for line in r.stdout.splitlines() if line.count("│") >= 6}
+    assert rows["ours (overall)"] == ["6", "0.0", "0.0", "0.0"], rows
+    assert rows["synthetic_seq_00"][1:] == rows["synthetic_seq_01"][1:] == ["0.0", "0.0", "0.0"], rows
+    assert int(rows["synthetic_seq_00"][0]) + int(rows["synthetic_seq_01"][0]) == 6
     r = runner.invoke(app, ["benchmark", "--dataset", "3dpw", "--data-root", str(root), "--smpl-dir", str(tmp_path),
                             "--ground-truth-predictor", "--json"])
     assert r.exit_code == 2 and "J_regressor_h36m.npy" in r.output and "SMPL female" in r.output
@@ -57,7 +66,7 @@ def test_table_output_and_errors(setup, tmp_path):
                             "--ground-truth-predictor", "--json"])
     assert r.exit_code == 2 and "h36m_valid_protocol2.npz" in r.output
     r = runner.invoke(app, ["benchmark", "--dataset", "3dpw", "--data-root", str(root), "--json"])
-    assert r.exit_code != 0
+    assert r.exit_code == 2 and "give --checkpoint, or --ground-truth-predictor" in r.output
 
 
 def test_network_checkpoint_runs(setup, tmp_path):
@@ -70,7 +79,80 @@ def test_network_checkpoint_runs(setup, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["count"] == 2 and rep["num_rois"] == 2 and rep["aggregation"] in ("code", "paper")
+    assert rep["aggregation"] == "code"  # the checkpoint's (RegressorConfig's default); no override given
     assert rep["overall"]["MPJPE"] > 0 and rep["overall"]["PA-MPJPE"] <= rep["overall"]["MPJPE"] + 1e-9
+    assert (rep["checkpoint"], rep["dataset"], rep["split"], rep["boxes"], rep["device"]) == (
+        str(path), "3dpw", "test", "dataset", "cpu")
+    # --limit 2: the first two persons, both of the first sequence; overall = that sequence
+    assert rep["sequences"] == {"synthetic_seq_00": {"count": 2, **{m: rep["overall"][m] for m in METRICS}}}
+    assert rep["overall"]["PVE"] > 0 and rep["overall"]["PA-MPJPE"] > 0
+
+
+# -- a network whose answer is known ---------------------------------------------------------
+#: the constant network's pose: upright (SMPL +y up -> camera -y), left knee bent 40 deg about x,
+#: right elbow 30 deg about z; and its betas
+KNOWN_POSE = {0: np.diag([1.0, -1.0, -1.0]), 4: cv2.Rodrigues(np.array([0.7, 0.0, 0.0]))[0],
+              19: cv2.Rodrigues(np.array([0.0, 0.0, 0.52]))[0]}
+KNOWN_BETAS = np.array([0.8, -0.5, 0.3, 0.0, 0.2, 0.0, 0.0, -0.4, 0.0, 0.1])
+H36M_TO_LSP14 = [6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10]
+
+
+def _known_checkpoint(path):
+    """A small Multi-RoI whose heads output nothing but their start values: KNOWN_POSE and
+    KNOWN_BETAS, whatever the image."""
+    rot = np.tile(np.eye(3), (24, 1, 1))
+    for j, r in KNOWN_POSE.items():
+        rot[j] = r
+    path, _ = small_checkpoint(path, heads="constant", num_rois=2, pose=rot, betas=KNOWN_BETAS)
+    return path, rot
+
+
+def _similarity_align(x, y):
+    """Umeyama: the similarity c R x + t (det R = +1) closest to y in least squares."""
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    u, d, vt = np.linalg.svd(yc.T @ xc / len(x))
+    sign = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    r = u @ sign @ vt
+    c = np.trace(np.diag(d) @ sign) / (xc ** 2).sum(1).mean()
+    return c * x @ r.T + (my - c * r @ mx)
+
+
+def test_known_network_scores_what_the_protocol_says(setup, tmp_path):
+    """The constant network's pose and betas (neutral model) against each person's ground truth
+    (gendered model), scored here with numpy: SPIN's 14 LSP joints from the H36M regressor,
+    pelvis-centred; PA after a similarity Procrustes; PVE over the vertices; mm."""
+    smpl, root = setup
+    path, rot = _known_checkpoint(tmp_path / "known")
+    r = runner.invoke(app, ["benchmark", "--dataset", "3dpw", "--data-root", str(root), "--smpl-dir", str(smpl),
+                            "--checkpoint", str(path), "--json", "--device", "cpu", "--batch-size", "4"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+
+    reg = np.load(smpl / "J_regressor_h36m.npy")
+    models = {"neutral": make_fake_smpl(seed=0), "m": make_fake_smpl(seed=1), "f": make_fake_smpl(seed=2)}
+    pred_v, _ = reference_lbs(models["neutral"], rot, KNOWN_BETAS)
+    gt = np.load(root / "3dpw_test.npz")  # the same persons, SPIN-style (camera-frame pose)
+    per = {m: [] for m in METRICS}
+    seqs = []
+    for pose, betas, gender, name in zip(gt["pose"], gt["shape"], gt["gender"], gt["imgname"]):
+        gt_rot = np.stack([cv2.Rodrigues(pose[3 * k:3 * k + 3])[0] for k in range(24)])
+        gt_v, _ = reference_lbs(models[str(gender)], gt_rot, betas)
+        pj, gj = reg @ pred_v, reg @ gt_v
+        p14, g14 = pj[H36M_TO_LSP14] - pj[0], gj[H36M_TO_LSP14] - gj[0]
+        per["MPJPE"].append(1000 * np.linalg.norm(p14 - g14, axis=1).mean())
+        per["PA-MPJPE"].append(1000 * np.linalg.norm(_similarity_align(p14, g14) - g14, axis=1).mean())
+        per["PVE"].append(1000 * np.linalg.norm((pred_v - pj[0]) - (gt_v - gj[0]), axis=1).mean())
+        seqs.append(str(name).split("/")[1])
+    per = {m: np.array(v) for m, v in per.items()}
+    seqs = np.array(seqs)
+    assert rep["count"] == len(seqs) == 6 and (rep["num_rois"], rep["aggregation"]) == (2, "code")
+    for m in METRICS:
+        assert per[m].min() > 10  # a real error, not a 0 that anything would reproduce
+        assert rep["overall"][m] == pytest.approx(per[m].mean(), abs=1e-3), m
+        for seq in ("synthetic_seq_00", "synthetic_seq_01"):
+            assert rep["sequences"][seq]["count"] == int((seqs == seq).sum())
+            assert rep["sequences"][seq][m] == pytest.approx(per[m][seqs == seq].mean(), abs=1e-3), (seq, m)
 
 
 def test_speed_mode():
@@ -80,9 +162,15 @@ def test_speed_mode():
     rep = json.loads(r.stdout)
     (row,) = rep["results"]
     assert row["num_rois"] == 1 and row["network"]["persons_per_s"] > 0
-    assert rep["paper_table3_fps_rtx3090_batch1"]["1"] == 76.3
+    assert (row["backbone"], row["batch"], row["device"], row["precision"], row["body_model"]) == (
+        "resnet50", 1, "cpu", "fp32", "free")
+    for key in ("network", "network+body"):  # ms/person and persons/s describe the same time (2 decimals)
+        assert row[key]["ms_per_person"] * row[key]["persons_per_s"] == pytest.approx(1000, rel=0.01), row
+    # the Multi-RoI paper's Table 3 (fps, RTX 3090, batch 1, M = 1..5) is reported beside ours
+    assert rep["paper_table3_fps_rtx3090_batch1"] == {"1": 76.3, "2": 63.5, "3": 61.7, "4": 57.3, "5": 55.6}
+    assert rep["benchmark"] == "hmrcli.speed_regressor/1" and "random weights" in rep["note"]
     r = runner.invoke(app, ["benchmark", "--json"])
-    assert r.exit_code != 0
+    assert r.exit_code == 2 and "give --dataset and --data-root (or --speed)" in r.output
 
 
 def test_detector_boxes_matched_by_iou(setup, tmp_path):
@@ -113,3 +201,7 @@ def test_speed_end_to_end_on_images():
     n = sum(1 for p in samples.iterdir() if p.suffix.lower() in (".png", ".jpg"))
     assert n >= 3 and e2e["images"] == n and e2e["persons"] == n and e2e["detector"] == "whole-image"
     assert all(v > 0 for v in e2e["seconds"].values()) and e2e["persons_per_s"] > 0
+    assert set(e2e["seconds"]) == {"decode", "detect", "crop", "network+body"}
+    total = sum(e2e["seconds"].values())  # (each rounded to 0.1 ms)
+    assert e2e["ms_per_image"] == pytest.approx(1000 * total / n, rel=0.01, abs=0.1)
+    assert e2e["persons_per_s"] == pytest.approx(n / total, rel=0.01)

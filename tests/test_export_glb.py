@@ -3,10 +3,9 @@
 import io
 
 import numpy as np
+import pygltflib  # a core dependency: missing means a broken installation, not a skip
 import pytest
 import torch
-
-pygltflib = pytest.importorskip("pygltflib")
 
 from _fake_smpl import make_fake_smpl, write_chumpy_pickle  # noqa: E402
 

@@ -205,7 +205,6 @@ def test_betas_not_applied_means_mean_shape(tmp_path, image, free):
 
 
 def test_overlay_size_and_changed_pixels_inside_mesh_box(results, image, free, tmp_path):
-    pytest.importorskip("hmrcli.render")
     import cv2
 
     root, persons = results
@@ -229,7 +228,6 @@ def test_overlay_size_and_changed_pixels_inside_mesh_box(results, image, free, t
 
 
 def test_overlay_missing_image_is_an_error_persons_still_export(results, image, tmp_path):
-    pytest.importorskip("hmrcli.render")
     root, _ = results
     os.unlink(image[0])
     out = tmp_path / "out"

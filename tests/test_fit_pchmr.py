@@ -54,19 +54,21 @@ def _bodies(body, n=8, deg=20.0, seed=0, dtype=torch.float64):
 
 
 # -- the check ------------------------------------------------------------------
-def test_calibration_cuts_mpjpe_by_at_least_40_percent(free):
+def test_calibration_cuts_mpjpe_by_at_least_85_percent(free):
     true, pert = _bodies(free)
     before = mpjpe(_regress(free, pert.vertices), true.joints).mean().item()
     res = calibrate_mesh(free, pert.vertices, pert.joints, true.joints)
     after = mpjpe(res.joints, true.joints).mean().item()
-    # (measured: 194.8 mm -> 21.7 mm; the free model's regressed joints of the TRUE mesh are
-    # themselves ~17.5 mm from its skeleton joints, the floor of this metric)
-    assert after <= 0.6 * before, f"MPJPE before {before * 1000:.1f} mm, after {after * 1000:.1f} mm"
+    # (measured: 194.8 mm -> 21.7 mm, ratio 0.111; the free model's regressed joints of the TRUE
+    # mesh are themselves ~17.5 mm from its skeleton joints, the floor of this metric). The bound
+    # 0.15 leaves ~35 % margin over the measured ratio (it was 0.6: a 5x regression passed).
+    assert after <= 0.15 * before, f"MPJPE before {before * 1000:.1f} mm, after {after * 1000:.1f} mm"
     # the calibrated skeleton lands on the stream; the surface follows
     assert torch.allclose(res.skeleton, true.joints, atol=1e-9)
     mpve_before = mpjpe(pert.vertices, true.vertices).mean().item()
     mpve_after = mpjpe(res.vertices, true.vertices).mean().item()
-    assert mpve_after <= 0.2 * mpve_before, (mpve_before, mpve_after)
+    # (measured: 256.1 mm -> 16.8 mm, ratio 0.066; bound with ~50 % margin)
+    assert mpve_after <= 0.1 * mpve_before, (mpve_before, mpve_after)
     assert res.used_bones.shape == (8, 24) and res.bone_rotations.shape == (8, 24, 3, 3)
     expect_used = torch.tensor([k not in LEAVES for k in range(24)])
     assert (res.used_bones == expect_used).all()
@@ -80,7 +82,8 @@ def test_twist_from_parent_beats_world_minimum_on_the_surface(free):
         res = calibrate_mesh(free, pert.vertices, pert.joints, true.joints, twist=twist)
         assert torch.allclose(res.skeleton, true.joints, atol=1e-9)  # same joints either way
         err[twist] = mpjpe(res.vertices, true.vertices).mean().item()
-    assert err["parent"] < err["minimal"], err
+    # (measured: 17.9 mm vs 24.4 mm, ratio 0.73; bound with ~15 % margin)
+    assert err["parent"] < 0.85 * err["minimal"], err
 
 
 # -- identity, missing joints, alignment ------------------------------------------------
@@ -145,7 +148,8 @@ def test_bridge_missing_uses_nearest_present_descendants(free):
     assert torch.allclose(unit(sk[:, 20] - sk[:, 18]), unit(true.joints[:, 20] - sk[:, 18]), atol=1e-9)
     err = (sk[:, 20] - true.joints[:, 20]).norm(dim=-1)
     err_plain = (plain.skeleton[:, 20] - true.joints[:, 20]).norm(dim=-1)
-    assert (err < 0.5 * err_plain).all(), (err, err_plain)
+    # (measured ratios 0.114, 0.023, 0.036; bound with ~75 % margin on the largest)
+    assert (err < 0.2 * err_plain).all(), (err, err_plain)
     assert not res.used_bones[:, 16].any()  # bridged, not calibrated from both ends
     # a complete stream gives the same result with or without bridging
     a = calibrate_mesh(free, pert.vertices, pert.joints, true.joints, bridge_missing=True)
@@ -177,7 +181,8 @@ def test_procrustes_alignment_removes_the_streams_frame(free):
     other_true = torch.einsum("bij,bkj->bki", rot.expand(3, 3, 3), true.joints)
     res = calibrate_mesh(free, pert.vertices, pert.joints, other_true, align="procrustes")
     before = mpjpe(pert.joints, true.joints)
-    assert (mpjpe(res.skeleton, true.joints) < before).all()
+    # (measured per body: ratios 0.73, 0.62, 0.58; bound with ~15 % margin)
+    assert (mpjpe(res.skeleton, true.joints) < 0.85 * before).all()
 
 
 # -- non-rigid term ---------------------------------------------------------------------
@@ -215,7 +220,8 @@ def test_nonrigid_term_helps_when_the_stream_has_another_shape(free):
     for nonrigid in (True, False):
         res = calibrate_mesh(free, pert.vertices, pert.joints, other.joints, nonrigid=nonrigid)
         err[nonrigid] = mpjpe(res.joints, other.joints).mean().item()
-    assert err[True] < 0.75 * err[False], err
+    # (measured: 46.0 mm vs 103.7 mm, ratio 0.44; bound with ~25 % margin)
+    assert err[True] < 0.55 * err[False], err
 
 
 def test_bone_weights_are_projections(free):
@@ -254,7 +260,8 @@ def test_float32(free):
     before = mpjpe(_regress(free, pert.vertices), true.joints).mean()
     res = calibrate_mesh(free, pert.vertices, pert.joints, true.joints)
     assert res.vertices.dtype == torch.float32 and res.bone_rotations.dtype == torch.float32
-    assert mpjpe(res.joints, true.joints).mean() <= 0.6 * before
+    # (measured ratio 0.094; bound with ~40 % margin)
+    assert mpjpe(res.joints, true.joints).mean() <= 0.13 * before
     same = calibrate_mesh(free, true.vertices, true.joints, true.joints)
     assert (same.vertices - true.vertices).abs().max().item() < 1e-5
 
@@ -265,7 +272,8 @@ def test_fake_smpl_model(fake):
     before = mpjpe(_regress(fake, pert.vertices), true.joints).mean().item()
     res = calibrate_mesh(fake, pert.vertices, pert.joints, true.joints)
     after = mpjpe(res.joints, true.joints).mean().item()
-    assert after <= 0.6 * before, (before, after)
+    # (measured: 208.4 mm -> 3.0 mm, ratio 0.015; bound with 2x margin)
+    assert after <= 0.03 * before, (before, after)
     same = calibrate_mesh(fake, true.vertices, true.joints, true.joints)
     assert (same.vertices - true.vertices).abs().max().item() < 1e-6
 
@@ -332,8 +340,9 @@ def test_smpl24_from_coco17(free):
     plain = mpjpe(calibrate_mesh(free, pert.vertices, pert.joints, j, c).joints, true.joints).mean().item()
     bridged = calibrate_mesh(free, pert.vertices, pert.joints, j, c, bridge_missing=True)
     bridged = mpjpe(bridged.joints, true.joints).mean().item()
-    # (measured: 195 mm -> 105 mm, 49 mm with bridging)
-    assert plain < 0.75 * before and bridged < 0.4 * before, (before, plain, bridged)
+    # (measured: 195 mm -> 105 mm, 49 mm with bridging: ratios 0.54 and 0.25; bounds with
+    # ~20 % and ~30 % margin)
+    assert plain < 0.65 * before and bridged < 0.33 * before, (before, plain, bridged)
 
 
 def _blazepose_from_smpl(joints: torch.Tensor) -> torch.Tensor:
@@ -366,7 +375,8 @@ def test_smpl24_from_blazepose33(free):
     j, c = smpl24_from_blazepose33(world)
     res = calibrate_mesh(free, pert.vertices, pert.joints, j, c, bridge_missing=True)
     before = mpjpe(_regress(free, pert.vertices), true.joints).mean()
-    assert mpjpe(res.joints, true.joints).mean() < 0.6 * before
+    # (measured ratio 0.147; bound with ~35 % margin)
+    assert mpjpe(res.joints, true.joints).mean() < 0.2 * before
 
 
 def test_mediapipe_world_axes():

@@ -4,13 +4,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import PIL.Image  # noqa: F401  (Pillow is a core dependency: no skip)
 import pytest
 from typer.testing import CliRunner
 
 from hmrcli.cli import app
 from hmrcli.sources import FULL_FRAME_DIAGONAL_MM, exif_focal_px
 
-PIL = pytest.importorskip("PIL.Image")
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 
 

@@ -280,3 +280,47 @@ def test_bf16_on_cuda(synth, tmp_path):  # pragma: no cover - GPU machines only
     cfg = _cfg(synth, tmp_path / "g", "device=cuda", "precision=bf16", "steps=2")
     res = train(cfg)
     assert res.step == 2 and all(v == v for v in res.last_losses.values())
+
+
+def test_data_loader_workers_give_the_same_training(synth, tmp_path):
+    # data.num_workers > 0: items are built in worker processes, each seeded by its index, so the
+    # batches -- and the losses and weights after the steps -- equal the in-process loader's
+    base = ["checkpoint_every=0", "steps=2", "eval_every=0", "batch_size=2"]
+    seen = {}
+    for n in (0, 2):
+        seen[n] = _losses(_cfg(synth, tmp_path / f"w{n}", f"data.num_workers={n}", *base))
+    assert sorted(seen[2]) == [1, 2] and seen[2] == seen[0], seen
+    w0, _ = load_checkpoint(tmp_path / "w0" / "model.safetensors")
+    w2, _ = load_checkpoint(tmp_path / "w2" / "model.safetensors")
+    s0, s2 = w0.state_dict(), w2.state_dict()
+    assert all(torch.equal(s0[k], s2[k]) for k in s0)
+    assert json.loads((tmp_path / "w2" / "config.json").read_text())["data"]["num_workers"] == 2
+
+
+def test_cli_print_config(synth, tmp_path):
+    runner = CliRunner()
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('batch_size = 3\nsteps = 9\n[model]\nbackbone = "resnet18"\ncrop_hw = [64, 48]\n'
+                   'num_rois = 2\n[losses]\ncontrast = 0.5\n[[data.train]]\npath = "d/train.npz"\nratio = 2\n')
+    out = tmp_path / "never_written"
+    r = runner.invoke(app, ["train", "-c", str(cfg), "-o", str(out), "--set", "steps=11", "--set",
+                            "data.num_workers=3", "--print-config", "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    # the file, the overrides (--set, -o) and every default, resolved; nothing is trained
+    assert (got["batch_size"], got["steps"], got["output"]) == (3, 11, str(out))
+    assert got["model"]["backbone"] == "resnet18" and got["model"]["crop_hw"] == [64, 48]
+    assert got["model"]["num_rois"] == 2 and got["model"]["arch"] == "multiroi"
+    assert got["losses"]["contrast"] == 0.5 and got["data"]["num_workers"] == 3
+    (train_set,) = got["data"]["train"]
+    assert train_set["path"] == str(tmp_path / "d" / "train.npz") and train_set["ratio"] == 2.0  # relative to the file
+    assert got["precision"] == "fp32" and got["optim"]["name"] in ("adam", "adamw")
+    assert not out.exists()
+    # the same configuration without --json (pretty JSON for a terminal)
+    r = runner.invoke(app, ["train", "-c", str(cfg), "-o", str(out), "--set", "steps=11", "--set",
+                            "data.num_workers=3", "--print-config", "--no-json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == got
+    # a bad override is refused before anything is printed
+    r = runner.invoke(app, ["train", "-c", str(cfg), "--set", "steps=many", "--print-config"])
+    assert r.exit_code == 2 and "integer" in r.output and r.stdout.strip() == ""

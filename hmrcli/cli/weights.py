@@ -67,14 +67,21 @@ def list_known(
     from rich.table import Table
 
     t = Table(title=f"Known checkpoints (folder: {folder})")
-    for c in ("name", "file", "present", "3DPW MPJPE / PA / PVE (mm)"):
+    for c in ("name", "file", "present", "published figures"):
         t.add_column(c)
     for r in rows:
-        p = r["published"] or {}
-        t.add_row(r["name"], r["filename"], "yes" if r["present"] else "no",
-                  f"{p.get('MPJPE')} / {p.get('PA-MPJPE')} / {p.get('PVE')}")
+        t.add_row(r["name"], r["filename"], "yes" if r["present"] else "no", _published(r["published"]))
     stdout.print(t)
     stdout.print("Get missing files from their source pages (`hmrcli weights list --json` shows them).")
+
+
+def _published(p: dict | None) -> str:
+    """Regressors: 3DPW MPJPE / PA-MPJPE / PVE in mm; detectors: their dataset's box AP."""
+    if not p:
+        return "-"
+    if "box AP" in p:
+        return f"{p.get('dataset', '').upper()} {p.get('split', '')} box AP {p['box AP']}".strip()
+    return f"3DPW MPJPE {p.get('MPJPE')} / PA {p.get('PA-MPJPE')} / PVE {p.get('PVE')} mm"
 
 
 @weights_app.command("fetch")

@@ -40,7 +40,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from hmrcli.export.writers import (
     npz_bytes,
 )
 from hmrcli.files import append_json_line
-from hmrcli.records import batch_exit_code
+from hmrcli.records import BatchSummary
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -106,28 +106,16 @@ class ExportOptions:
 
 
 @dataclass
-class ExportSummary:
+class ExportSummary(BatchSummary):
     """Counts: ``persons`` found; each person and each overlay is one unit that is ``done``
-    (something written), ``skipped`` (all its outputs existed) or ``failed``."""
+    (something written), ``skipped`` (all its outputs existed) or ``failed``; ``written``
+    files."""
 
-    images: int = 0
-    persons: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
+    command: ClassVar[str] = "export"
     written: int = 0
-    seconds: float = 0.0
-    errors: list[dict[str, str]] = field(default_factory=list)
 
-    @property
-    def exit_code(self) -> int:
-        """0: nothing failed; 1: some failed; 2: all failed."""
-        return batch_exit_code(self.failed, self.done + self.skipped)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"schema": "hmrcli.summary/1", "command": "export", "images": self.images, "persons": self.persons,
-                "done": self.done, "skipped": self.skipped, "failed": self.failed, "written": self.written,
-                "seconds": round(self.seconds, 3), "exit_code": self.exit_code}
+    def _extra_json(self) -> dict[str, Any]:
+        return {"written": self.written}
 
 
 @dataclass
