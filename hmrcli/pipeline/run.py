@@ -1,0 +1,283 @@
+"""The run: what is left to do, the engine on batches, the files of each image, a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hmrcli._version import __version__
+from hmrcli.detect.whole_image import WholeImageDetector
+from hmrcli.engine.regress import PersonEstimate
+from hmrcli.export.writers import (
+    atomic_write_text,
+)
+from hmrcli.pipeline.layout import (
+    _OUR_FILE,
+    _append_error,
+    _remove_stale,
+    _write_overlay,
+    _write_person,
+)
+from hmrcli.pipeline.loader import _Job, _Loader
+from hmrcli.pipeline.manifest import (
+    Manifest,
+    _given_boxes,
+    _input_fingerprint,
+    run_settings,
+    settings_diff,
+    settings_id,
+)
+from hmrcli.pipeline.options import (
+    MAX_SUMMARY_ERRORS,
+    RESULT_SCHEMA,
+    InferOptions,
+    InferSummary,
+    StopRequest,
+)
+from hmrcli.records import error_record
+from hmrcli.sources import ImageSource
+
+
+def _why_redo(out: Path, src: ImageSource, man: Manifest, sid: str, settings: dict[str, Any],
+              fp: dict[str, Any]) -> str | None:
+    """None: the image is finished with these settings (skip it). "": it has no result yet.
+    Otherwise why its result is redone."""
+    d = out / src.name
+    ent = man.images.get(src.name)
+    has_result = (d / "result.json").is_file()
+    if not has_result:
+        return "its result.json is missing" if ent is not None else ""
+    if ent is None:
+        return "results without a manifest entry (an older hmrcli, or a run killed while finishing the image)"
+    if ent.get("settings_id") != sid:
+        old = man.settings.get(str(ent.get("settings_id")))
+        if old is None:
+            return "made with settings the manifest does not record"
+        diff = settings_diff(old, settings)
+        return "made with other settings: " + ", ".join(diff) if diff else None
+    old_fp = ent.get("input") or {}
+    if any(old_fp.get(k) != fp.get(k) for k in ("size", "mtime_ns")):
+        return "the input file changed (size or modification time)"
+    if old_fp.get("boxes") != fp.get("boxes"):
+        return "the person boxes given for it changed"
+    for f in ent.get("files") or []:
+        if not (d / f).is_file():
+            return "some of its files are missing"
+    return None
+
+
+def run_inference(
+    sources: list[ImageSource],
+    engine: Any,
+    opts: InferOptions,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    detector: Any = None,
+    stop: StopRequest | None = None,
+) -> InferSummary:
+    """Run the engine over ``sources`` and write outputs (layout, manifest and re-run rule:
+    this module's docstring, ``docs/output.md``). Persons come from ``detector`` (a
+    :class:`hmrcli.detect.base.Detector`, e.g. ``hmrcli.detect.create_detector("auto")``, or
+    the ``boxes`` detector over given boxes); without one, each image is one person whose box
+    is the whole image.
+
+    ``progress`` receives event dicts, from the calling thread: ``done``, ``skipped``,
+    ``error`` (image failed) and ``warning`` (a person failed) per image, ``redo`` (once per
+    reason why finished images are redone). ``stop``: see :class:`StopRequest`; the run also
+    stops cleanly on KeyboardInterrupt. Either way ``summary.interrupted`` says so.
+    ``detector`` and the engine's ``prepare`` run on a loader thread, ``engine.run`` here."""
+    t0 = time.perf_counter()
+    if detector is None:
+        detector = WholeImageDetector()
+    out = Path(opts.out)
+    summ = InferSummary(images=len(sources))
+    emit = progress or (lambda ev: None)
+    man = Manifest(out, names=[s.name for s in sources])
+    settings, hashed = run_settings(engine, opts, detector, man)
+    sid = settings_id(settings)
+    run_line_written = False
+
+    def fail(src: ImageSource, stage: str, msg: str) -> None:
+        rec = error_record(str(src.path), stage, msg)
+        _append_error(out, rec)
+        summ.failed += 1
+        if len(summ.errors) < MAX_SUMMARY_ERRORS:
+            summ.errors.append(rec)
+        emit({"event": "error", **rec, "name": src.name})
+
+    # -- what is left to do
+    fps: dict[str, dict[str, Any]] = {}
+    todo: list[ImageSource] = []
+    reasons: dict[str, int] = {}
+    for src in sources:
+        fp = _input_fingerprint(src, _given_boxes(src, detector))
+        if not opts.overwrite:
+            why = _why_redo(out, src, man, sid, settings, fp)
+            if why is None:
+                summ.skipped += 1
+                emit({"event": "skipped", "file": str(src.path), "name": src.name})
+                continue
+            if why:
+                reasons[why] = reasons.get(why, 0) + 1
+                summ.redone += 1
+        fps[src.name] = fp
+        todo.append(src)
+    for why, n in reasons.items():
+        emit({"event": "redo", "images": n, "reason": why})
+
+    def finish(job: _Job, ests: list[PersonEstimate | None]) -> None:
+        nonlocal run_line_written
+        src, image = job.src, job.image
+        d = out / src.name
+        staged = [("crop", n) for n in job.notes] + [("landmarks", why) for why in job.prepared.get("problems", []) if why]
+        if not job.persons and not job.notes:
+            staged.insert(0, ("detect", f"{src.path}: no person found ({job.found_by})"))
+        problems = [m for _, m in staged]
+        kept = [(job.indices[j], est) for j, est in enumerate(ests) if est is not None]
+        files: list[str] = []
+        try:
+            try:
+                (d / "result.json").unlink()  # redoing: not done until the new result.json lands
+            except FileNotFoundError:
+                pass
+            for k, est in kept:
+                _write_person(d, k, est, src, engine, opts, files,
+                              job.camera.source if job.camera is not None else "default sqrt(W^2 + H^2)")
+            if opts.overlay and image is not None:
+                files.append(_write_overlay(d, image, [est for _, est in kept], engine.body.faces))
+            atomic_write_text(d / "result.json", json.dumps({
+                "schema": RESULT_SCHEMA, "image": str(src.path), "name": src.name, "persons": len(kept),
+                "person_indices": [k for k, _ in kept], "problems": problems, "files": files,
+                "engine": engine.name, "checkpoint": opts.checkpoint, "mesh_frame": opts.mesh_frame,
+                "hmrcli": __version__,
+            }, indent=1))
+        except Exception as e:
+            _remove_files(d, files)
+            fail(src, "write", f"{src.path}: {type(e).__name__}: {e}")
+            return
+        except BaseException:  # abandoned (KeyboardInterrupt): leave nothing half-made
+            _remove_files(d, files)
+            raise
+        _remove_stale(d, set(files) | {"result.json"})
+        if not run_line_written:
+            man.append({"kind": "run", "settings_id": sid, "settings": settings, "files": hashed,
+                        "hmrcli": __version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "device": str(getattr(engine, "device", "cpu")),
+                        "batch_size": getattr(engine, "batch_size", None),
+                        "images_per_step": opts.images_per_step, "workers": opts.workers})
+            run_line_written = True
+        man.append({"kind": "image", "name": src.name, "image": str(src.path), "settings_id": sid,
+                    "input": fps.get(src.name), "persons": len(kept), "files": files})
+        for stage, why in staged:
+            rec = error_record(str(src.path), stage, why)
+            _append_error(out, rec)
+            emit({"event": "warning", **rec, "name": src.name})
+        summ.done += 1
+        summ.persons += len(kept)
+        summ.persons_failed += len(job.notes) + len(job.persons) - len(kept)
+        if not job.persons and not job.notes:
+            summ.no_person += 1
+        emit({"event": "done", "file": str(src.path), "name": src.name, "persons": len(kept), "out": str(d)})
+
+    def run_batch(batch: list[_Job]) -> None:
+        try:
+            results = engine.run([(job.prepared, job.persons) for job in batch])
+        except Exception as e:  # network / fit failure: find the image(s) it comes from
+            if len(batch) > 1:
+                for job in batch:
+                    run_batch([job])
+                return
+            src = batch[0].src
+            fail(src, getattr(engine, "name", "engine"), f"{src.path}: {type(e).__name__}: {e}")
+            return
+        for job, ests in zip(batch, results):
+            finish(job, ests)
+
+    pending: list[_Job] = []
+    halt = threading.Event()
+    loader = _Loader(todo, engine, opts, detector, halt) if todo else None
+    fatal: BaseException | None = None
+    try:
+        if loader is not None:
+            loader.start()
+            n_persons = 0
+            while True:
+                if stop is not None and stop.is_set():
+                    break  # pending images (prepared, not run) are left for the next run
+                try:
+                    msg = loader.queue.get(timeout=0.1)
+                except queue.Empty:
+                    if not loader.is_alive() and loader.queue.empty():
+                        break
+                    continue
+                kind = msg[0]
+                if kind == "end":
+                    batch, pending = pending, []
+                    run_batch(batch)
+                    break
+                if kind == "fatal":
+                    fatal = msg[1]
+                    break
+                if kind == "error":
+                    fail(msg[1], msg[2], msg[3])
+                    continue
+                pending.append(msg[1])
+                n_persons += len(msg[1].persons)
+                del msg
+                if len(pending) >= opts.images_per_step or n_persons >= engine.batch_size:
+                    batch, pending, n_persons = pending, [], 0
+                    run_batch(batch)
+                    del batch
+    except KeyboardInterrupt:
+        summ.interrupted = (stop.reason if stop is not None and stop.reason else None) or "SIGINT"
+    finally:
+        halt.set()
+        pending.clear()
+        if loader is not None:
+            _join(loader)
+        man.close()
+    if stop is not None and stop.is_set() and summ.interrupted is None:
+        summ.interrupted = stop.reason or "SIGINT"
+    summ.seconds = time.perf_counter() - t0
+    if fatal is not None:
+        raise fatal
+    return summ
+
+
+def _join(loader: _Loader) -> None:
+    """Wait for the loader to leave put() and finish the image it is on (the detector and the
+    engine's landmark models must not be closed while it uses them); a KeyboardInterrupt
+    meanwhile does not cut this short."""
+    while loader.is_alive():
+        try:
+            try:
+                while True:
+                    loader.queue.get_nowait()
+            except queue.Empty:
+                pass
+            loader.join(timeout=0.1)
+        except KeyboardInterrupt:
+            continue
+
+
+def _remove_files(d: Path, files: list[str]) -> None:
+    """Remove the files of an image written by an attempt that did not finish, and temp files."""
+    for f in files:
+        try:
+            os.unlink(d / f)
+        except OSError:
+            pass
+    _remove_stale(d, keep={n for n in _listdir(d) if _OUR_FILE.match(n)})
+
+
+def _listdir(d: Path) -> list[str]:
+    try:
+        return os.listdir(d)
+    except OSError:
+        return []
