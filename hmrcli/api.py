@@ -14,6 +14,9 @@ import torch
 from torch import nn
 
 from hmrcli.body import load_body_model
+from hmrcli.engine.fit import FitEngine, RefinedEngine
+from hmrcli.engine.regress import PersonBox, RegressionEngine
+from hmrcli.fit.optimize import FitOptions
 from hmrcli.nn.checkpoints import RegressorConfig
 from hmrcli.weights.catalogue import load_regressor
 
@@ -36,7 +39,6 @@ def estimate_people(
     ``load_body_model("auto")``."""
     import numpy as np
 
-    from hmrcli.engine.regress import PersonBox, RegressionEngine
 
     if body is None:
         body = load_body_model("auto")
@@ -96,13 +98,10 @@ def make_engine(
                          "`hmrcli weights list` (hmrcli doctor shows which are found), or use the fit engine")
     if choice == "fit" and refine == "fit":
         refine = "none"  # the fit engine already fits
-    from hmrcli.fit.engine import FitEngine, RefinedEngine
-    from hmrcli.fit.optimize import FitOptions
 
     if body is None:
         body = load_body_model("auto")
     if choice == "regress":
-        from hmrcli.engine.regress import RegressionEngine
 
         net = load_regressor(checkpoint, device=device, aggregation=aggregation)
         eng = RegressionEngine(net, body, device=device, precision=precision, batch_size=batch_size)

@@ -17,6 +17,11 @@ from typing import Any
 
 from hmrcli import assets
 from hmrcli._version import __version__
+from hmrcli.body.model import FREE_MODEL_FILE
+from hmrcli.detect import available_detectors
+from hmrcli.detect.blazepose_models import LANDMARK_FILES, landmark_model_status
+from hmrcli.detect.mediapipe_backend import mediapipe_problem
+from hmrcli.weights.catalogue import resolve_checkpoint
 
 __all__ = ["collect", "SCHEMA", "OPTIONAL_PARTS"]
 
@@ -80,7 +85,6 @@ def _torch_info() -> dict[str, Any]:
 
 
 def _free_model_info() -> dict[str, Any]:
-    from hmrcli.body.model import FREE_MODEL_FILE
 
     out: dict[str, Any] = {"name": "free", "file": FREE_MODEL_FILE}
     try:
@@ -177,7 +181,6 @@ def collect(smpl_dir: str | None = None) -> dict[str, Any]:
                       "install": None if present else how})
     report["optional"] = parts
     try:
-        from hmrcli.detect import available_detectors
 
         report["detectors"] = available_detectors()
     except Exception as e:  # never let doctor fail on a detector probe
@@ -209,7 +212,6 @@ def collect(smpl_dir: str | None = None) -> dict[str, Any]:
         if not p["installed"]:
             problems.append({"what": f"optional part {p['name']}", "problem": "not installed",
                              "fix": p["install"] or ""})
-    from hmrcli.detect.blazepose_models import LANDMARK_FILES, landmark_model_status
 
     report["landmark_models"] = {}
     for name in LANDMARK_FILES:
@@ -233,14 +235,12 @@ def _default_infer(report: dict[str, Any]) -> dict[str, Any]:
     engine = "regress" if ckpt else "fit"
     if engine == "regress":
         try:
-            from hmrcli.weights.catalogue import resolve_checkpoint
 
             resolve_checkpoint(ckpt)
         except Exception as e:
             missing.append({"problem": f"HMRCLI_CHECKPOINT={ckpt}: {e}",
                             "fix": "point HMRCLI_CHECKPOINT at an existing checkpoint file, or unset it (fitting engine)"})
     else:
-        from hmrcli.detect.mediapipe_backend import mediapipe_problem
 
         prob = mediapipe_problem()
         if prob:

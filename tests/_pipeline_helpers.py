@@ -81,7 +81,7 @@ class StubEngine:
                 "ballast": np.ones(self.prep_bytes, np.uint8) if self.prep_bytes else None}
 
     def run(self, prepared):
-        from hmrcli.engine.regress import PersonEstimate
+        from hmrcli.engine.base import PersonEstimate
 
         self.runs.append(len(prepared))
         out = []

@@ -42,3 +42,15 @@ def test_api_runs_the_whole_job(tmp_path):
         eng.close()
     assert (summary.done, summary.persons, summary.failed) == (1, 2, 0)
     assert (tmp_path / "out" / "two_people_park.jpg" / "person_01.obj").is_file()
+
+
+def test_every_engine_has_the_engine_interface(constant_checkpoint):
+    from hmrcli.body import load_body_model
+    from hmrcli.engine.base import Engine
+
+    body = load_body_model("free")
+    for kw in (dict(engine="regress", checkpoint=constant_checkpoint), dict(engine="regress",
+               checkpoint=constant_checkpoint, refine="fit")):
+        eng, _ = make_engine(body=body, **kw)
+        assert isinstance(eng, Engine), type(eng)
+        assert {"engine", "roi_convention"} <= set(eng.describe())

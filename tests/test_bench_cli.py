@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from _fake_smpl import make_fake_smpl, reference_lbs, write_chumpy_pickle
 from _probe import small_checkpoint
+from typer.testing import CliRunner
+
 from hmrcli.bench.synthetic import write_synthetic_3dpw
 from hmrcli.cli import app
 from hmrcli.nn.checkpoints import RegressorConfig, build_model, save_native

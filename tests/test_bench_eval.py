@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from _fake_smpl import make_fake_smpl, write_chumpy_pickle
+
 from hmrcli.bench import datasets as D
 from hmrcli.bench import evaluate as E
 from hmrcli.bench.synthetic import write_synthetic_3dpw, write_synthetic_h36m

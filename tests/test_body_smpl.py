@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import roma
 import torch
-
 from _fake_smpl import reference_lbs
+
 from hmrcli.body import (
     BodyModelNotFoundError,
     find_smpl_files,

@@ -9,15 +9,15 @@ import shutil
 import threading
 from pathlib import Path
 
+import _probe as P
 import cv2
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-import _probe as P
 from _fake_smpl import make_fake_smpl, reference_lbs
 from _pipeline_helpers import output_state
+from typer.testing import CliRunner
+
 from hmrcli.cli import app
 from hmrcli.detect.base import DetectorUnavailable
 

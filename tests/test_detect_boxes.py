@@ -10,8 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from hmrcli.cli import app
-from hmrcli.detect import (DETECTORS, Detection, DetectorUnavailable, available_detectors, create_detector,
-                           detect_sources)
+from hmrcli.detect import (
+    DETECTORS,
+    Detection,
+    DetectorUnavailable,
+    available_detectors,
+    create_detector,
+    detect_sources,
+)
 from hmrcli.detect.boxes_backend import BoxesDetector, BoxesError, load_box_records
 from hmrcli.detect.mediapipe_backend import mediapipe_problem
 from hmrcli.records import read_detection_records

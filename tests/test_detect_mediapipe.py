@@ -8,7 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from hmrcli.cli import app
-from hmrcli.detect.mediapipe_backend import BlazePoseResult, blazepose_box, mediapipe_problem
+from hmrcli.detect.mediapipe_backend import (
+    BlazePoseResult,
+    blazepose_box,
+    mediapipe_problem,
+)
 from hmrcli.sources import read_image
 
 ROOT = Path(__file__).resolve().parents[1]

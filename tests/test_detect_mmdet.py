@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from hmrcli.detect.base import Detection, Detector, DetectorUnavailable
 from hmrcli.detect import mmdet_backend as mb
+from hmrcli.detect.base import Detection, Detector, DetectorUnavailable
 from hmrcli.weights.readers import read_mmdet_checkpoint
 
 try:
@@ -399,7 +399,12 @@ def test_cuda_without_cuda_is_refused():
 
 def test_fetch_and_verify_detector_weights(tmp_path, monkeypatch):
     from hmrcli import assets
-    from hmrcli.weights.catalogue import FetchError, fetch_checkpoint, known_checkpoints, verify_checkpoint
+    from hmrcli.weights.catalogue import (
+        FetchError,
+        fetch_checkpoint,
+        known_checkpoints,
+        verify_checkpoint,
+    )
 
     served = tmp_path / "served" / "det.pth"
     served.parent.mkdir()

@@ -11,7 +11,12 @@ import pytest
 
 from hmrcli import assets
 from hmrcli.detect.base import Detection, DetectorUnavailable
-from hmrcli.detect.movenet_backend import MODEL_ASSET, MoveNetDetector, PoseDetection, movenet_problem
+from hmrcli.detect.movenet_backend import (
+    MODEL_ASSET,
+    MoveNetDetector,
+    PoseDetection,
+    movenet_problem,
+)
 from hmrcli.sources import read_image
 
 ROOT = Path(__file__).resolve().parents[1]

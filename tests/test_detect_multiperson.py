@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hmrcli.detect.blazepose_ssd import decode_ssd, square_tiles, ssd_anchors, weighted_nms
+from hmrcli.detect.blazepose_ssd import (
+    decode_ssd,
+    square_tiles,
+    ssd_anchors,
+    weighted_nms,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_images"

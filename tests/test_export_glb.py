@@ -6,7 +6,6 @@ import numpy as np
 import pygltflib  # a core dependency: missing means a broken installation, not a skip
 import pytest
 import torch
-
 from _fake_smpl import make_fake_smpl, write_chumpy_pickle  # noqa: E402
 
 from hmrcli.body import JOINT_NAMES, SMPL_PARENTS, load_body_model  # noqa: E402

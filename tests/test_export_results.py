@@ -11,8 +11,15 @@ from typer.testing import CliRunner
 from hmrcli.body import JOINT_NAMES, load_body_model
 from hmrcli.cli import app
 from hmrcli.export.glb import GLTF_FROM_OPENCV
-from hmrcli.export.results import (PERSON_SCHEMA, ExportOptions, ResultsError, find_result_images, person_stems,
-                                   read_person, run_export)
+from hmrcli.export.results import (
+    PERSON_SCHEMA,
+    ExportOptions,
+    ResultsError,
+    find_result_images,
+    person_stems,
+    read_person,
+    run_export,
+)
 
 runner = CliRunner()
 W, H = 320, 240

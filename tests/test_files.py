@@ -8,7 +8,12 @@ import threading
 
 import pytest
 
-from hmrcli.files import append_json_line, atomic_write_bytes, atomic_write_text, current_umask
+from hmrcli.files import (
+    append_json_line,
+    atomic_write_bytes,
+    atomic_write_text,
+    current_umask,
+)
 
 
 @pytest.fixture()

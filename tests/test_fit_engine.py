@@ -31,7 +31,7 @@ def detector():
 @pytest.fixture(scope="module")
 def engine(detector):
     from hmrcli.body import load_body_model
-    from hmrcli.fit.engine import FitEngine
+    from hmrcli.engine.fit import FitEngine
     from hmrcli.fit.landmarks import Landmarker
 
     return FitEngine(load_body_model("free"), landmarker=Landmarker(num_rois=5, detector=detector))
@@ -51,7 +51,7 @@ def test_real_photo_keypoints_within_5_percent_of_box_height(name, detector, eng
     """Projected body keypoints vs BlazePose's visible landmarks (inside the image, visibility
     >= 0.8; >= 0.5 too for the photos in WHOLE): mean distance <= 5 % of the box height."""
     from hmrcli.detect.mediapipe_backend import blazepose_box
-    from hmrcli.engine.regress import PersonBox
+    from hmrcli.engine.base import PersonBox
     from hmrcli.sources import read_image
 
     img = read_image(SAMPLES / name)
@@ -80,10 +80,9 @@ def test_real_photo_keypoints_within_5_percent_of_box_height(name, detector, eng
 
 
 def test_single_roi_landmarks(detector):
+    from hmrcli.detect.mediapipe_backend import blazepose_box
     from hmrcli.fit.landmarks import Landmarker
     from hmrcli.sources import read_image
-
-    from hmrcli.detect.mediapipe_backend import blazepose_box
 
     img = read_image(SAMPLES / "cameraman.png")
     box = blazepose_box(detector.pose(img), (512, 512))

@@ -5,11 +5,27 @@ import pytest
 import roma
 import torch
 
+from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
 from hmrcli.body import load_body_model
 from hmrcli.fit.landmarks import fuse_landmark_sets
-from hmrcli.fit.optimize import FitInit, FitOptions, FitTargets, KeypointBody, fit_bodies, kabsch, swing_init, IK_BONES
-from hmrcli.fit.priors import JOINT_LIMITS, POSE_MEAN, bend_penalty, limit_penalty, pose_l2, sample_plausible_pose
-from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
+from hmrcli.fit.optimize import (
+    IK_BONES,
+    FitInit,
+    FitOptions,
+    FitTargets,
+    KeypointBody,
+    fit_bodies,
+    kabsch,
+    swing_init,
+)
+from hmrcli.fit.priors import (
+    JOINT_LIMITS,
+    POSE_MEAN,
+    bend_penalty,
+    limit_penalty,
+    pose_l2,
+    sample_plausible_pose,
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,12 @@ from typer.testing import CliRunner
 
 from hmrcli import geometry as G
 from hmrcli.cli import app
-from hmrcli.intrinsics import IntrinsicsError, intrinsics_from_K, load_intrinsics, parse_principal_point
+from hmrcli.intrinsics import (
+    IntrinsicsError,
+    intrinsics_from_K,
+    load_intrinsics,
+    parse_principal_point,
+)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 runner = CliRunner()

@@ -9,11 +9,11 @@ import os
 import cv2
 import numpy as np
 import pytest
+from _pipeline_helpers import shared_checkpoint
+from test_sources_robustness import corpus, encode, pattern, with_exif  # noqa: F401  (corpus: a fixture)
 from typer.testing import CliRunner
 
-from _pipeline_helpers import shared_checkpoint
 from hmrcli.cli import app
-from test_sources_robustness import corpus, encode, pattern, with_exif  # noqa: F401  (corpus: a fixture)
 
 runner = CliRunner()
 

@@ -11,7 +11,6 @@ import textwrap
 import cv2
 import numpy as np
 import pytest
-
 from _pipeline_helpers import ROOT, child_env
 
 N = 2000

@@ -7,12 +7,18 @@ import threading
 
 import cv2
 import numpy as np
-
 from _pipeline_helpers import StubEngine, output_state
+
 from hmrcli.detect import create_detector
 from hmrcli.detect.boxes_backend import BoxesDetector
 from hmrcli.detect.whole_image import WholeImageDetector
-from hmrcli.pipeline import InferOptions, Manifest, StopRequest, run_inference, settings_diff
+from hmrcli.pipeline import (
+    InferOptions,
+    Manifest,
+    StopRequest,
+    run_inference,
+    settings_diff,
+)
 from hmrcli.sources import expand_inputs
 
 

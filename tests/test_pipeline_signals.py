@@ -14,9 +14,17 @@ import threading
 import time
 
 import pytest
-
-from _pipeline_helpers import (GATE_ENV, ROOT, SAMPLES, child_env, gated_hmrcli_cmd, output_state, run_hmrcli,
-                               shared_checkpoint, summary_of)
+from _pipeline_helpers import (
+    GATE_ENV,
+    ROOT,
+    SAMPLES,
+    child_env,
+    gated_hmrcli_cmd,
+    output_state,
+    run_hmrcli,
+    shared_checkpoint,
+    summary_of,
+)
 
 N_IMAGES = 16
 

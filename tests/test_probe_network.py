@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 
+import _probe as P
 import cv2
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-import _probe as P
 import hmrcli.geometry as G
 from hmrcli.body import load_body_model
 from hmrcli.cli import app

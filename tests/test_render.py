@@ -8,7 +8,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hmrcli.render import AMBIENT, BODY_COLOR, DIFFUSE, PALETTE, RenderOutput, render, render_overlay
+from hmrcli.render import (
+    AMBIENT,
+    BODY_COLOR,
+    DIFFUSE,
+    PALETTE,
+    RenderOutput,
+    render,
+    render_overlay,
+)
 from hmrcli.render.raster import clip_near, rasterize
 
 W, H = 64, 48

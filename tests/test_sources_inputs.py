@@ -14,8 +14,14 @@ from typer.testing import CliRunner
 
 from hmrcli.cli import app
 from hmrcli.records import parse_input_text
-from hmrcli.sources import (ImageReadError, expand_inputs, parse_shard, read_image, shard_sources,
-                            sources_from_records)
+from hmrcli.sources import (
+    ImageReadError,
+    expand_inputs,
+    parse_shard,
+    read_image,
+    shard_sources,
+    sources_from_records,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_images"

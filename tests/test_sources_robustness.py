@@ -16,8 +16,16 @@ import pytest
 
 from hmrcli.detect import detect_sources
 from hmrcli.detect.whole_image import WholeImageDetector
-from hmrcli.sources import (ALPHA_BACKGROUND, ImageReadError, apply_orientation, decode_image, expand_inputs,
-                            exif_orientation, probe_image, read_image)
+from hmrcli.sources import (
+    ALPHA_BACKGROUND,
+    ImageReadError,
+    apply_orientation,
+    decode_image,
+    exif_orientation,
+    expand_inputs,
+    probe_image,
+    read_image,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_images"

@@ -25,7 +25,12 @@ from hmrcli.train.data import (
     spin24_from_body,
     transform_targets,
 )
-from hmrcli.train.synthetic import SyntheticConfig, procedural_background, split_npz, write_synthetic_dataset
+from hmrcli.train.synthetic import (
+    SyntheticConfig,
+    procedural_background,
+    split_npz,
+    write_synthetic_dataset,
+)
 
 WH = (320, 240)
 CFG = SyntheticConfig(image_wh=WH, write_masks=True)

@@ -40,7 +40,11 @@ SMALL = ["model.backbone=resnet18", "model.crop_hw=64,48", "model.body_model=fre
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """Twelve synthetic people (small images), split into train / test by image."""
-    from hmrcli.train.synthetic import SyntheticConfig, split_npz, write_synthetic_dataset
+    from hmrcli.train.synthetic import (
+        SyntheticConfig,
+        split_npz,
+        write_synthetic_dataset,
+    )
 
     root = tmp_path_factory.mktemp("synth")
     with warnings.catch_warnings():

@@ -24,8 +24,14 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
-from hmrcli.bench.datasets import Sample
+from hmrcli import assets
+from hmrcli.bench.datasets import Sample, load_dataset
 from hmrcli.bench.metrics import lsp14_from_h36m, mesh_metrics, mpjpe, pa_mpjpe
+from hmrcli.body import load_body_model
+from hmrcli.detect import create_detector, detect_images
+from hmrcli.engine.regress import PersonBox, RegressionEngine
+from hmrcli.geometry.boxes import DEFAULT_RESCALE, box_aspect
+from hmrcli.weights.catalogue import load_regressor, registry_document
 
 __all__ = ["Predictor", "GroundTruthPredictor", "NetworkPredictor", "BenchmarkAssetsError",
            "check_assets", "engine_xyxy", "box_iou", "run_benchmark", "evaluate", "published_figures", "PROTOCOL", "METRICS"]
@@ -90,8 +96,6 @@ class NetworkPredictor:
 
     def __init__(self, checkpoint: str | os.PathLike, body, device: str = "cpu", batch_size: int = 16,
                  aggregation: str | None = None, precision: str = "fp32", detector=None):
-        from hmrcli.engine.regress import RegressionEngine
-        from hmrcli.weights.catalogue import load_regressor
 
         self.model = load_regressor(checkpoint, device=device, aggregation=aggregation)
         self.engine = RegressionEngine(self.model, body, device=device, precision=precision, batch_size=batch_size)
@@ -104,7 +108,6 @@ class NetworkPredictor:
 
     def _detected_box(self, s: Sample, img: np.ndarray) -> np.ndarray | None:
         """The detection with the highest IoU against the dataset box (None: no overlap)."""
-        from hmrcli.detect import detect_images
 
         key = str(s.image)
         if key not in self._det_cache:
@@ -120,7 +123,6 @@ class NetworkPredictor:
     def predict(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
         import cv2
 
-        from hmrcli.engine.regress import PersonBox
 
         prepared = []
         for s in samples:
@@ -154,7 +156,6 @@ def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
 def engine_xyxy(box: np.ndarray, cfg) -> np.ndarray:
     """Corner box whose crop box under ``cfg``'s rule (:func:`hmrcli.geometry.box_from_xyxy`
     with ``cfg.aspect`` and ``cfg.box_rescale``) is exactly ``box = (cx, cy, b)``."""
-    from hmrcli.geometry.boxes import DEFAULT_RESCALE, box_aspect
 
     rescale = cfg.box_rescale if cfg.box_rescale is not None else DEFAULT_RESCALE[cfg.aspect]
     cx, cy, b = (float(v) for v in box)
@@ -166,7 +167,6 @@ def engine_xyxy(box: np.ndarray, cfg) -> np.ndarray:
 def check_assets(smpl_dir: str | os.PathLike | None, genders: set[str], h36m_regressor: str | os.PathLike | None = None) -> None:
     """Raise :class:`BenchmarkAssetsError` listing every missing file (SMPL models for
     ``genders`` and ``J_regressor_h36m.npy``) and where they are looked for."""
-    from hmrcli import assets
     from hmrcli.body.model import (
         SMPL_DOWNLOAD_HELP,
         SMPL_FILENAMES,
@@ -190,7 +190,6 @@ def check_assets(smpl_dir: str | os.PathLike | None, genders: set[str], h36m_reg
 def published_figures(checkpoint: str | None, dataset: str) -> list[dict[str, Any]]:
     """Published figures from ``models/registry.json`` for ``dataset``: the checkpoint's own
     (matched by registry name or file name) and the papers' (Multi-RoI)."""
-    from hmrcli.weights.catalogue import registry_document
 
     reg = registry_document()
     out = []
@@ -230,7 +229,6 @@ def evaluate(
     """Score ``predictor`` on ``samples``. Returns ``{"overall": {metric: mm}, "sequences":
     {name: {"count", metric: mm}}, "count", "per_sample": {metric: [...]}, "protocol"}``.
     ``progress(done, total)`` is called after each batch when given."""
-    from hmrcli.body import load_body_model
 
     if not samples:
         raise ValueError("no samples to evaluate")
@@ -327,8 +325,6 @@ def run_benchmark(
     :mod:`hmrcli.detect` on each image; the detection with the highest IoU against the
     dataset box is that person's, the dataset box is used where none overlaps, counted in
     ``detection``)."""
-    from hmrcli.bench.datasets import load_dataset
-    from hmrcli.body import load_body_model
 
     if boxes not in ("dataset", "detect"):
         raise ValueError(f"boxes must be 'dataset' or 'detect'; got {boxes!r}")
@@ -343,7 +339,6 @@ def run_benchmark(
             raise ValueError("give a checkpoint (file or registry name)")
         det = None
         if boxes == "detect":
-            from hmrcli.detect import create_detector
 
             det = create_detector(detector, **(detector_opts or {}))
         body = load_body_model("smpl", "neutral", smpl_dir)

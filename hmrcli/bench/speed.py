@@ -17,6 +17,13 @@ import sys
 import time
 from typing import Any, Sequence
 
+from hmrcli.body import load_body_model
+from hmrcli.detect import create_detector, detect_images
+from hmrcli.detect.base import DetectorUnavailable
+from hmrcli.engine.regress import PersonBox, RegressionEngine
+from hmrcli.nn.checkpoints import RegressorConfig, build_model
+from hmrcli.sources import read_image
+
 __all__ = ["PAPER_TABLE3_FPS_RTX3090", "measure_speed", "measure_pipeline", "speed_report"]
 
 PAPER_TABLE3_FPS_RTX3090 = {1: 76.3, 2: 63.5, 3: 61.7, 4: 57.3, 5: 55.6}
@@ -27,8 +34,6 @@ def measure_speed(backbone: str = "resnet50", num_rois: int = 5, batch: int = 1,
     """One configuration in this process -> timings (ms/person, persons/s) and peak memory (MiB)."""
     import torch
 
-    from hmrcli.body import load_body_model
-    from hmrcli.nn.checkpoints import RegressorConfig, build_model
 
     torch.manual_seed(0)
     cfg = RegressorConfig(arch="multiroi", backbone=backbone, num_rois=num_rois)
@@ -72,12 +77,6 @@ def measure_pipeline(images: Sequence[str], backbone: str = "resnet50", num_rois
     warm-up on the first image; random regressor weights."""
     import torch
 
-    from hmrcli.body import load_body_model
-    from hmrcli.detect import create_detector, detect_images
-    from hmrcli.detect.base import DetectorUnavailable
-    from hmrcli.engine.regress import PersonBox, RegressionEngine
-    from hmrcli.nn.checkpoints import RegressorConfig, build_model
-    from hmrcli.sources import read_image
 
     torch.manual_seed(0)
     cfg = RegressorConfig(arch="multiroi", backbone=backbone, num_rois=num_rois)

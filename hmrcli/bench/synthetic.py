@@ -26,6 +26,7 @@ import numpy as np
 
 from hmrcli import geometry as G
 from hmrcli.bench.datasets import keypoint_box
+from hmrcli.body import load_body_model
 
 __all__ = ["random_poses", "write_synthetic_3dpw", "write_synthetic_h36m"]
 
@@ -67,7 +68,6 @@ def write_synthetic_3dpw(
     import cv2
     import torch
 
-    from hmrcli.body import load_body_model
 
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -150,7 +150,6 @@ def write_synthetic_h36m(
     import cv2
     import torch
 
-    from hmrcli.body import load_body_model
 
     rng = np.random.default_rng(seed)
     root = Path(root)

@@ -1,7 +1,9 @@
 """The ``hmrcli`` command line: a thin Typer layer over the Python API.
 
 Each sub-command lives in its own module and only parses options, calls the
-API and prints.
+API and prints. The command modules import the heavy parts (torch, the engines, the
+pipeline) inside the command functions, so that ``hmrcli --help`` starts in a fraction of a
+second; the rest of the package imports at module top.
 """
 
 from __future__ import annotations

@@ -41,7 +41,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hmrcli import assets
 from hmrcli.detect.base import Detection, DetectorUnavailable
+from hmrcli.nn.checkpoints import CheckpointError
 from hmrcli.weights.catalogue import known_checkpoints
 from hmrcli.weights.readers import read_mmdet_checkpoint
 
@@ -145,7 +147,6 @@ def _resolve_config(config: str | os.PathLike | None, entry: dict[str, Any] | No
 
 def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[Path, dict[str, Any] | None, str]:
     """(file, registry entry or None, registry name or file stem)."""
-    from hmrcli import assets
     reg = known_checkpoints("detectors")
     name = DEFAULT_MODEL if checkpoint is None else str(checkpoint)
     p = Path(name).expanduser()
@@ -256,7 +257,6 @@ class MMDetDetector:
 
     @staticmethod
     def _load_weights(model: Any, path: Path) -> None:
-        from hmrcli.nn.checkpoints import CheckpointError
 
         try:
             sd, meta = read_mmdet_checkpoint(path)

@@ -10,7 +10,6 @@ full-image perspective camera (docs/method.md §4). Batched over persons.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,48 +17,11 @@ import torch
 
 from hmrcli import geometry as G
 from hmrcli.body import BodyModel
+from hmrcli.engine.base import PersonBox, PersonEstimate
 
-__all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "PRECISIONS"]
+__all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "PRECISIONS"]  # (the records: hmrcli.engine.base)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class PersonBox:
-    """A person to reconstruct: its box (x1, y1, x2, y2) in full-image pixels."""
-
-    xyxy: np.ndarray
-    score: float | None = None
-    source: str = "boxes"
-
-
-@dataclass
-class PersonEstimate:
-    """One reconstructed person. Units: metres (3D), pixels (2D).
-
-    rotmats (24,3,3): joint rotations, joint 0 = global orientation in the camera frame;
-    betas (10,): the regressor's shape coefficients (space given by ``betas_space``);
-    vertices_model (V,3): the body model's output with that pose (before the camera
-    translation); cam_t (3,): full-image camera translation, X_cam = X_model + cam_t;
-    K (3,3) intrinsics; rois (M,3) RoI boxes (cx, cy, b); cams_local (M,3) (s, tx, ty);
-    bbox_info (M,3); joints_model (24,3).
-    """
-
-    box: PersonBox
-    crop_box: np.ndarray
-    rois: np.ndarray
-    bbox_info: np.ndarray
-    cams_local: np.ndarray
-    rotmats: np.ndarray
-    betas: np.ndarray
-    betas_applied: bool
-    cam_t: np.ndarray
-    K: np.ndarray
-    focal: float
-    image_wh: tuple[int, int]
-    vertices_model: np.ndarray
-    joints_model: np.ndarray
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RegressionEngine:

@@ -45,6 +45,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hmrcli._version import __version__
+from hmrcli.body import load_body_model
+from hmrcli.export.glb import skinned_glb_bytes
 from hmrcli.export.writers import (
     atomic_write_bytes,
     atomic_write_text,
@@ -53,6 +55,8 @@ from hmrcli.export.writers import (
 )
 from hmrcli.files import append_json_line
 from hmrcli.records import BatchSummary
+from hmrcli.render import render_overlay
+from hmrcli.sources import ImageReadError, read_image
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -335,7 +339,6 @@ def _npz(p: SavedPerson) -> bytes:
 
 
 def _glb(body: Any, p: SavedPerson, frame: str, with_camera: bool) -> bytes:
-    from hmrcli.export.glb import skinned_glb_bytes
 
     cam = None
     if with_camera:
@@ -407,7 +410,6 @@ def run_export(
             progress({"event": "error", **rec})
 
     def body_for(p: SavedPerson) -> Any:
-        from hmrcli.body import load_body_model
 
         key = (p.body_model, p.gender)
         if key not in bodies:
@@ -554,7 +556,6 @@ def _overlay_image_path(d: Path, p: SavedPerson | None) -> Path:
 
 
 def _overlay(image_path: Path, meshes: list[tuple[np.ndarray, np.ndarray]], p: SavedPerson | None) -> bytes:
-    from hmrcli.sources import ImageReadError, read_image
 
     if not image_path.is_file():
         raise ResultsError(f"{image_path}: source image not found (the overlay needs the original image; "
@@ -570,8 +571,4 @@ def _overlay(image_path: Path, meshes: list[tuple[np.ndarray, np.ndarray]], p: S
     if (w, h) != (image.shape[1], image.shape[0]) and w is not None:
         raise ResultsError(f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but the results were made "
                            f"from a {w}x{h} image; it is not the same image")
-    try:
-        from hmrcli.render import render_overlay
-    except ImportError as e:
-        raise ResultsError(f"{image_path}: the renderer is not available ({e})") from None
     return _png(render_overlay(image, meshes=meshes, K=p.K))

@@ -27,6 +27,9 @@ import torch
 from torch import nn
 
 from hmrcli.files import atomic_write_bytes, atomic_write_text
+from hmrcli.nn.backbones import create_backbone
+from hmrcli.nn.mean_params import load_mean_params
+from hmrcli.nn.multiroi import CLIFFRegressor, MultiRoIHMR
 
 __all__ = [
     "CheckpointError",
@@ -171,9 +174,6 @@ def config_for_layout(layout: str, sd: dict[str, torch.Tensor]) -> RegressorConf
 def build_model(cfg: RegressorConfig, mean_params: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A randomly initialised model for ``cfg``; its start values are ``mean_params``
     (default: hmrcli's shipped ones, see :mod:`hmrcli.nn.mean_params`)."""
-    from hmrcli.nn.backbones import create_backbone
-    from hmrcli.nn.mean_params import load_mean_params
-    from hmrcli.nn.multiroi import CLIFFRegressor, MultiRoIHMR
 
     if mean_params is None:
         mean_params = load_mean_params()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hmrcli._version import __version__
-from hmrcli.engine.regress import PersonEstimate
+from hmrcli.engine.base import PersonEstimate
 from hmrcli.export.writers import (
     atomic_write_bytes,
     atomic_write_text,

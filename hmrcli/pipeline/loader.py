@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hmrcli.detect import detect_sources
-from hmrcli.engine.regress import PersonBox
+from hmrcli.engine.base import PersonBox
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
 from hmrcli.pipeline.options import InferOptions
 from hmrcli.sources import ImageSource, read_image

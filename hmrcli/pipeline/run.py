@@ -14,7 +14,7 @@ from typing import Any
 
 from hmrcli._version import __version__
 from hmrcli.detect.whole_image import WholeImageDetector
-from hmrcli.engine.regress import PersonEstimate
+from hmrcli.engine.base import PersonEstimate
 from hmrcli.export.writers import (
     atomic_write_text,
 )

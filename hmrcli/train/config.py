@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from hmrcli.nn.backbones import BACKBONES
 from hmrcli.train.data import (
     AugmentConfig,  # the one definition (also used by the datasets)
 )
@@ -446,7 +447,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.num_rois must be 1..5; got {m.num_rois}")
     if min(m.crop_hw) < 32:
         raise ConfigError(f"model.crop_hw must be at least 32x32; got {list(m.crop_hw)}")
-    from hmrcli.nn.backbones import BACKBONES
 
     if m.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone: unknown {m.backbone!r}; available: {', '.join(sorted(BACKBONES))}")

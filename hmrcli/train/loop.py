@@ -53,8 +53,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from hmrcli._version import __version__
+from hmrcli.bench import metrics as M
+from hmrcli.bench.datasets import DatasetError
+from hmrcli.body import load_body_model
 from hmrcli.files import atomic_write_bytes
+from hmrcli.nn.mean_params import load_mean_params
 from hmrcli.train.config import TrainConfig, config_to_dict
+from hmrcli.train.data import GlobalIndexSampler, MixedDataset, SpinDataset, collate
+from hmrcli.train.losses import MultiRoILoss, targets_from_batch
+from hmrcli.weights.catalogue import resolve_checkpoint
 
 __all__ = [
     "STATE_FORMAT",
@@ -142,7 +150,6 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str,
         read_state_dict,
         to_native,
     )
-    from hmrcli.weights.catalogue import resolve_checkpoint
 
     try:
         p = resolve_checkpoint(path)
@@ -169,7 +176,6 @@ def _augment(cfg: TrainConfig):
 
 
 def _spin_dataset(cfg: TrainConfig, d, augment):
-    from hmrcli.train.data import SpinDataset
 
     return SpinDataset(d.path, d.img_root or None, aspect=cfg.model.aspect, num_rois=cfg.model.num_rois,
                        augment=augment, seed=cfg.seed, name=d.name or None,
@@ -178,8 +184,6 @@ def _spin_dataset(cfg: TrainConfig, d, augment):
 
 def build_datasets(cfg: TrainConfig):
     """``(train MixedDataset or None, [test SpinDataset, ...])`` of the configuration."""
-    from hmrcli.bench.datasets import DatasetError
-    from hmrcli.train.data import MixedDataset
 
     try:
         train_sets = [_spin_dataset(cfg, d, _augment(cfg)) for d in cfg.data.train]
@@ -203,7 +207,6 @@ def _check_betas_space(datasets, body) -> None:
 def _loader(dataset, batch_size: int, sampler, num_workers: int, seed: int, pin: bool):
     from torch.utils.data import DataLoader
 
-    from hmrcli.train.data import collate
 
     # A private generator: creating the iterator must not draw from the global torch RNG.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
@@ -274,7 +277,6 @@ def evaluate(model: nn.Module, dataset, body, device: torch.device | str = "cpu"
     one (the free body model) the 24 skeleton joints centred on the pelvis joint. PVE: all
     vertices, pelvis-centred, no alignment.
     """
-    from hmrcli.bench import metrics as M
 
     device = torch.device(device)
     was_training = model.training
@@ -322,7 +324,6 @@ def _emit(progress: ProgressCallback | None, event: dict[str, Any]) -> None:
 
 
 def _provenance(cfg: TrainConfig, step: int, body, init_report, metrics, last_losses, datasets) -> dict[str, Any]:
-    from hmrcli._version import __version__
 
     return {
         "trained_with": f"hmrcli train {__version__}",
@@ -340,16 +341,12 @@ def _provenance(cfg: TrainConfig, step: int, body, init_report, metrics, last_lo
 
 def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None) -> TrainResult:
     """Train (or resume training) as configured; see the module docstring."""
-    from hmrcli.body import load_body_model
     from hmrcli.nn.checkpoints import (
         RegressorConfig,
         build_model,
         read_state_dict,
         save_native,
     )
-    from hmrcli.nn.mean_params import load_mean_params
-    from hmrcli.train.data import GlobalIndexSampler
-    from hmrcli.train.losses import MultiRoILoss, targets_from_batch
 
     t_start = time.perf_counter()
     device = _device(cfg.device)

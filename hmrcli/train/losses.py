@@ -51,21 +51,19 @@ matrices). All terms are computed in float32, also under bf16 autocast.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from hmrcli.body import BodyModel
 from hmrcli.geometry.bbox_info import default_focal
 from hmrcli.geometry.cameras import consistency_loss, intrinsics, local_to_full, project
 from hmrcli.geometry.crops import crop_affine, crop_pixels_to_normalized, map_points
 from hmrcli.geometry.rotations import axis_angle_to_rotmat
+from hmrcli.nn.multiroi import RegressorOutput
+from hmrcli.train.config import LossConfig
 from hmrcli.train.data import SPIN24_BODY_CONF, SPIN24_NAMES, spin24_from_body
-
-if TYPE_CHECKING:  # pragma: no cover
-    from hmrcli.body import BodyModel
-    from hmrcli.nn.multiroi import RegressorOutput
-    from hmrcli.train.config import LossConfig
 
 __all__ = [
     "LOSS_TERMS",

@@ -52,7 +52,9 @@ import torch
 
 from hmrcli import geometry as G
 from hmrcli.bench.datasets import load_npz_arrays
-from hmrcli.body import BodyModel
+from hmrcli.body import BodyModel, load_body_model
+from hmrcli.body.pose_limits import sample_plausible_pose
+from hmrcli.render import render
 from hmrcli.train.data import SPIN24_BODY_CONF, spin24_from_body
 
 __all__ = [
@@ -250,7 +252,6 @@ def sample_people(
     """Up to ``n`` people placed in one image (see the module docstring); may return fewer
     when the constraints reject the candidates of ``tries`` rounds (at least one is kept
     whenever any candidate satisfies the size/inside constraints)."""
-    from hmrcli.body.pose_limits import sample_plausible_pose
 
     w, h = config.image_wh
     f, c = float(K[0, 0]), K[:2, 2]
@@ -317,7 +318,6 @@ def _labels(p: SyntheticPerson, K: np.ndarray, wh: tuple[int, int], rescale: flo
 def _render(people: list[SyntheticPerson], faces: np.ndarray, K: np.ndarray, wh: tuple[int, int],
             rng: np.random.Generator, config: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 image and (H, W) int16 person-index mask (-1: background)."""
-    from hmrcli.render import render
 
     bg = procedural_background(rng, wh)
     out = render([(p.vertices, faces) for p in people], K, wh, background=bg, colors=[p.color for p in people],
@@ -377,7 +377,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init() -> None:
-    from hmrcli.body import load_body_model
 
     torch.set_num_threads(1)
     _WORKER["body"] = load_body_model("free")
@@ -458,7 +457,6 @@ def write_synthetic_dataset(
     if workers > 1 and body is not None:
         raise ValueError("with workers > 1 every worker loads the free body model; pass body=None")
     if body is None and workers <= 1:
-        from hmrcli.body import load_body_model
 
         body = load_body_model("free")
     t0 = time.perf_counter()
@@ -475,7 +473,6 @@ def write_synthetic_dataset(
             need = n_samples - len(rows)
             if len(got) > need:  # the last image: the same draw with the surplus people left out
                 if body is None:
-                    from hmrcli.body import load_body_model
 
                     body = load_body_model("free")
                 got = make_image(root, i, seed, config, body, cap=need)

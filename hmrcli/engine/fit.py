@@ -25,7 +25,7 @@ import torch
 
 from hmrcli import geometry as G
 from hmrcli.body import BodyModel
-from hmrcli.engine.regress import PersonBox, PersonEstimate
+from hmrcli.engine.base import PersonBox, PersonEstimate
 from hmrcli.fit.landmarks import Landmarker, PersonLandmarks
 from hmrcli.fit.optimize import (
     FitInit,

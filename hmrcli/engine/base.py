@@ -1,0 +1,81 @@
+"""What every engine takes and returns, and the one interface the batch pipeline drives.
+
+An engine turns the persons of an image into :class:`PersonEstimate` records in two calls:
+``prepare`` does the per-image work while the image is in memory (on the pipeline's loader
+thread: crops, or BlazePose landmarks), ``run`` the batched work over several prepared
+images (on the calling thread: the network, or the fit) and returns, per image, one estimate
+per person (None for a person that could not be reconstructed; the reason is in the
+prepared item's ``problems``). Engines: :class:`hmrcli.engine.regress.RegressionEngine`,
+:class:`hmrcli.engine.fit.FitEngine`, :class:`hmrcli.engine.fit.RefinedEngine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from hmrcli.body import BodyModel
+
+__all__ = ["PersonBox", "PersonEstimate", "Engine"]
+
+
+@dataclass
+class PersonBox:
+    """A person to reconstruct: its box (x1, y1, x2, y2) in full-image pixels."""
+
+    xyxy: np.ndarray
+    score: float | None = None
+    source: str = "boxes"
+
+
+@dataclass
+class PersonEstimate:
+    """One reconstructed person. Units: metres (3D), pixels (2D).
+
+    rotmats (24,3,3): joint rotations, joint 0 = global orientation in the camera frame;
+    betas (10,): the regressor's shape coefficients (space given by ``betas_space``);
+    vertices_model (V,3): the body model's output with that pose (before the camera
+    translation); cam_t (3,): full-image camera translation, X_cam = X_model + cam_t;
+    K (3,3) intrinsics; rois (M,3) RoI boxes (cx, cy, b); cams_local (M,3) (s, tx, ty);
+    bbox_info (M,3); joints_model (24,3).
+    """
+
+    box: PersonBox
+    crop_box: np.ndarray
+    rois: np.ndarray
+    bbox_info: np.ndarray
+    cams_local: np.ndarray
+    rotmats: np.ndarray
+    betas: np.ndarray
+    betas_applied: bool
+    cam_t: np.ndarray
+    K: np.ndarray
+    focal: float
+    image_wh: tuple[int, int]
+    vertices_model: np.ndarray
+    joints_model: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The interface of an engine. ``prepare`` may be called from another thread than
+    ``run``; ``prepare`` receives ``principal`` only when a principal point is known."""
+
+    name: str
+    body: BodyModel
+    batch_size: int
+    betas_applied: bool
+    betas_space: str
+
+    def describe(self) -> dict[str, Any]:
+        """Settings recorded in the camera JSON and the manifest (``engine``, ``roi_convention``, ...)."""
+
+    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
+                principal: tuple[float, float] | None = None) -> dict[str, Any]:
+        """Per-image work on an RGB uint8 image; ``focal`` pixels (None: sqrt(W^2 + H^2))."""
+
+    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]]) -> list[list[PersonEstimate | None]]:
+        """Batched work over several prepared images: per image, per person, an estimate or None."""
