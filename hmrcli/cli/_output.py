@@ -39,3 +39,28 @@ def resolve_device(name: str) -> str:
         raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)",
                                  param_hint="--device")
     return name
+
+
+def progress_bar(label: str, total: int, completed: int = 0, field: str | None = None, remaining: bool = False,
+                 disable: bool = False):
+    """The one progress bar of the batch commands (infer, export, train): rich, on stderr,
+    ``label | bar | n/total | elapsed [| remaining] [| text field]``. Returns ``(progress, task)``;
+    the caller starts/stops it (or uses it as a context manager) and updates ``task``
+    (``field``: the name of a free text field, set with ``update(task, **{field: text})``)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    cols = [TextColumn(f"[bold]{label}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn()]
+    if remaining:
+        cols.append(TimeRemainingColumn())
+    if field:
+        cols.append(TextColumn("{task.fields[%s]}" % field))
+    bar = Progress(*cols, console=stderr, disable=disable)
+    task = bar.add_task(label, total=total, completed=completed, **({field: ""} if field else {}))
+    return bar, task

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from hmrcli.cli._output import print_json, stderr, want_json
+from hmrcli.cli._output import print_json, progress_bar, stderr, want_json
 
 
 def export(
@@ -62,19 +62,8 @@ def export(
                     print_json(ev)
             summary = run_export(results, opts, progress=progress)
         else:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            n = len(find_result_images(results))
-            with Progress(TextColumn("[bold]export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=stderr, disable=quiet) as bar:
-                task = bar.add_task("export", total=n)
-
+            bar, task = progress_bar("export", len(find_result_images(results)), disable=quiet)
+            with bar:
                 def progress(ev):
                     if ev["event"] == "error":
                         fmt = f" {ev['format']}" if ev.get("format") else ""

@@ -14,7 +14,13 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from hmrcli.cli._output import print_json, resolve_device, stderr, want_json
+from hmrcli.cli._output import (
+    print_json,
+    progress_bar,
+    resolve_device,
+    stderr,
+    want_json,
+)
 from hmrcli.cli.detect import (
     INPUTS_HELP,
     BoxesOpt,
@@ -261,18 +267,8 @@ class _Reporter:
 
     def __enter__(self) -> "_Reporter":
         if self.err_tty and not self.quiet:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.bar = Progress(TextColumn("[bold]infer"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=stderr)
+            self.bar, self.task = progress_bar("infer", self.total, field="rate")
             self.bar.__enter__()
-            self.task = self.bar.add_task("infer", total=self.total, rate="")
         self.t0 = time.perf_counter()
         return self
 

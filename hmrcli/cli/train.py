@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from hmrcli.cli._output import print_json, stderr, stdout, want_json
+from hmrcli.cli._output import print_json, progress_bar, stderr, stdout, want_json
 
 _TERMS = ("kp2d", "kp3d", "vertices", "pose", "betas", "camera", "contrast")
 
@@ -83,20 +83,9 @@ class _Display:
                     stderr.print(escape(line), highlight=False)
         if self.quiet:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=stderr,
-                                 transient=False)
+        self.progress, self.task = progress_bar("train", ev["steps"], completed=ev["step"], field="info",
+                                                remaining=True)
         self.progress.start()
-        self.task = self.progress.add_task("train", total=ev["steps"], completed=ev["step"], info="")
 
     def stop(self) -> None:
         if self.progress is not None:
