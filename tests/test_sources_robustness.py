@@ -399,12 +399,18 @@ def test_symlink_loops_end_and_give_errors(tmp_path):
         read_image(src)
 
 
-def test_fifo_in_a_folder_is_skipped_not_waited_on(tmp_path):
+def test_fifo_is_refused_not_waited_on(tmp_path):
+    """A FIFO (given, or found in a folder) is an input that reading refuses at once, without
+    opening it: opening a FIFO blocks until a writer comes."""
     d = tmp_path / "d"
     d.mkdir()
     os.mkfifo(d / "pipe.png")
     (d / "a.png").write_bytes(encode(pattern()))
-    assert [s.name for s in expand_inputs([str(d)])] == ["a.png"]
+    srcs = expand_inputs([str(d)])
+    assert [s.name for s in srcs] == ["a.png", "pipe.png"]
+    with pytest.raises(ImageReadError, match="not a regular file \\(a FIFO"):
+        read_image(srcs[1])
+    assert read_image(srcs[0]).shape[2] == 3
 
 
 def test_error_names_the_file():

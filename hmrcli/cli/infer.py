@@ -290,6 +290,10 @@ class _Reporter:
 
     def event(self, ev: dict) -> None:
         kind = ev.get("event")
+        if kind == "note" and ev.get("left_out"):
+            self.total -= int(ev["left_out"])
+            if self.bar is not None:
+                self.bar.update(self.task, total=self.total)
         if kind in ("done", "skipped", "error"):
             self.completed += 1
         if kind == "done":
@@ -309,6 +313,8 @@ class _Reporter:
                 self._line(f"warning {ev['file']} ({ev['stage']}): {ev['message']}", "yellow")
             elif kind == "redo":
                 self._line(f"note: redoing {ev['images']} image(s) that have results: {ev['reason']}")
+            elif kind == "note" and not self.quiet:
+                self._line(f"note: {ev['message']}")
             elif kind == "done" and ev.get("persons") == 0 and not self.quiet:
                 self._line(f"note: no person found in {ev['file']}")
         elif kind == "redo":  # JSON on stdout, no bar: still tell the person at the terminal

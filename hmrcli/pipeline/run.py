@@ -45,6 +45,25 @@ from hmrcli.records import error_record
 from hmrcli.sources import ImageSource
 
 
+def _outside_of(sources: list[ImageSource], out: Path) -> tuple[list[ImageSource], int]:
+    """The sources that are not inside the output folder ``out`` (files or video frames whose
+    file lies below it), and how many were left out."""
+    try:
+        root = out.resolve()
+    except OSError:
+        return sources, 0
+    keep = []
+    for src in sources:
+        f = src.video if src.video is not None else src.path
+        try:
+            inside = Path(os.path.realpath(f)).is_relative_to(root)
+        except (OSError, ValueError):
+            inside = False
+        if not inside:
+            keep.append(src)
+    return keep, len(sources) - len(keep)
+
+
 def _why_redo(out: Path, src: ImageSource, man: Manifest, sid: str, settings: dict[str, Any],
               fp: dict[str, Any]) -> str | None:
     """None: the image is finished with these settings (skip it). "": it has no result yet.
@@ -96,8 +115,12 @@ def run_inference(
     if detector is None:
         detector = WholeImageDetector()
     out = Path(opts.out)
-    summ = InferSummary(images=len(sources))
     emit = progress or (lambda ev: None)
+    sources, inside = _outside_of(sources, out)
+    if inside:  # e.g. `infer photos --out photos/meshes`: our own overlays are never inputs
+        emit({"event": "note", "left_out": inside, "message": f"{inside} input(s) inside the output folder {out} "
+                                                             "left out (hmrcli never reads from its output tree)"})
+    summ = InferSummary(images=len(sources))
     man = Manifest(out, names=[s.name for s in sources])
     settings, hashed = run_settings(engine, opts, detector, man)
     sid = settings_id(settings)

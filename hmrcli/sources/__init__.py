@@ -7,7 +7,8 @@ Expanding inputs (:func:`expand_inputs`)
   ``.jsonl``/``.json``/``.ndjson`` file whose text starts with ``{`` is a list of records (below).
 * **folder** -- walked recursively, sorted by name (per folder: its files, then its
   sub-folders); symlinked folders are followed once (a symlink loop cannot recurse); hidden
-  entries (``.name``) and non-regular files (FIFOs, sockets, devices) are skipped. A file is
+  entries (``.name``) are skipped; non-regular files (FIFOs, sockets, devices) are kept and
+  refused when read, without being opened (so they are recorded, and never block). A file is
   an image or a video by its CONTENT (magic bytes), not its extension: ``scan.txt`` holding a
   PNG is an image. A file with an image/video extension whose content is not one (a text file
   named ``.jpg``) and a file that cannot be examined (no permission, symlink loop, dangling

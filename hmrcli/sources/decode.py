@@ -139,21 +139,12 @@ def _read_bytes(path: Path) -> np.ndarray:
             return np.fromfile(path, dtype=np.uint8)
         except OSError as e:
             raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
-    # a pipe or device given explicitly: read it, up to the size limit
-    try:
-        chunks, total = [], 0
-        with open(path, "rb") as f:
-            while True:
-                b = f.read(1 << 20)
-                if not b:
-                    break
-                total += len(b)
-                if total > MAX_FILE_BYTES:
-                    raise ImageReadError(path, f"input too large (> {MAX_FILE_BYTES / 2**20:.0f} MiB)")
-                chunks.append(b)
-    except OSError as e:
-        raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
-    return np.frombuffer(b"".join(chunks), dtype=np.uint8)
+    # a FIFO, socket or device: refused without opening it (opening a FIFO blocks until a writer
+    # comes, which would hang the loader and with it the whole batch)
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else (
+        "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or other special file")
+    raise ImageReadError(path, f"not a regular file ({kind}): refused. Give image files, or pipe paths or "
+                               "JSON lines to `-` (stdin)")
 
 
 def read_image(source: str | os.PathLike | ImageSource, max_pixels: int | None = None) -> np.ndarray:

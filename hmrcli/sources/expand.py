@@ -109,9 +109,8 @@ class _Collector:
         except OSError:
             self.add(path, name)  # cannot be examined: reading it reports why
             return
-        if info is None:  # FIFO, device, socket
-            if explicit:
-                self.add(path, name)
+        if info is None:  # FIFO, device, socket: kept, so that reading refuses it and the run records it
+            self.add(path, name)
             return
         suffix = path.suffix.lower()
         if info.kind == "video" or (info.kind is None and suffix in VIDEO_SUFFIXES):

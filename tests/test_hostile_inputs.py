@@ -1,0 +1,55 @@
+"""Hostile inputs (issue: farm-proof batches): a FIFO never hangs the run, and the output tree is
+never read back as input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_images"
+
+
+def _hmrcli(*args, cwd, timeout=180):
+    exe = Path(sys.executable).with_name("hmrcli")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def test_fifo_inputs_are_recorded_not_waited_on(tmp_path, constant_checkpoint):
+    d = tmp_path / "in"
+    d.mkdir()
+    os.mkfifo(d / "f1.jpg")
+    shutil.copy(SAMPLES / "grace_hopper.jpg", d / "g.jpg")
+    os.mkfifo(tmp_path / "f2.jpg")
+    # a FIFO given explicitly, one found in a folder, and a good photo: done within the timeout
+    r = _hmrcli("infer", str(tmp_path / "f2.jpg"), str(d), "--out", "o", "--detector", "whole-image",
+                "--checkpoint", str(constant_checkpoint), "--json", cwd=tmp_path, timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["failed"]) == (1, 2)
+    errs = [json.loads(x) for x in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
+    assert sorted(Path(e["file"]).name for e in errs) == ["f1.jpg", "f2.jpg"]
+    assert all(e["stage"] == "read" and "not a regular file (a FIFO" in e["message"] for e in errs)
+    assert (tmp_path / "o" / "g.jpg" / "person_00.obj").is_file()
+
+
+def test_output_inside_an_input_folder_is_never_read_back(tmp_path, constant_checkpoint):
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(SAMPLES / "astronaut.png", d / "a.png")
+    shutil.copy(SAMPLES / "cameraman.png", d / "c.png")
+    args = ("infer", str(d), "--out", str(d / "meshes"), "--overlay", "--detector", "whole-image",
+            "--checkpoint", str(constant_checkpoint), "--json")
+    for run in range(3):
+        r = _hmrcli(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+        summary = lines[-1]
+        assert summary["images"] == 2, summary  # never the overlays of an earlier run
+        assert (summary["done"], summary["skipped"]) == ((2, 0) if run == 0 else (0, 2))
+        if run:
+            assert any(ev.get("event") == "note" and ev.get("left_out") == 2 for ev in lines)
+    overlays = sorted(p.relative_to(d).as_posix() for p in d.rglob("overlay.png"))
+    assert overlays == ["meshes/a.png/overlay.png", "meshes/c.png/overlay.png"]
