@@ -13,7 +13,26 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "current_umask", "write_all", "append_json_line"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "current_umask", "write_all", "append_json_line", "json_text"]
+
+
+def json_text(obj, **kw) -> str:
+    """``json.dumps(obj, ensure_ascii=False)`` that is always valid UTF-8: a file name that is not
+    valid UTF-8 reaches Python as lone surrogates (``os.fsdecode``), which UTF-8 cannot encode;
+    they are written as JSON escapes (``\\udcff``), which ``json.loads`` turns back into the same
+    string (``os.fsencode`` then gives the original bytes). Other characters stay as they are."""
+    import json
+
+    text = json.dumps(obj, ensure_ascii=False, **kw)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def current_umask() -> int:
@@ -56,7 +75,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))  # lone surrogates (undecodable file names) as escapes
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -71,11 +90,9 @@ def write_all(fd: int, data: bytes) -> None:
 def append_json_line(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line to ``path`` (created with the umask's mode): one O_APPEND write,
     so lines of several processes sharing the file never interleave."""
-    import json
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    line = (json_text(record) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
         write_all(fd, line)

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from rich.console import Console
+
+from hmrcli.files import json_text
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -21,7 +22,7 @@ def want_json(flag: bool | None) -> bool:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(obj) + "\n")
     sys.stdout.flush()
 
 

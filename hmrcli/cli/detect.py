@@ -3,7 +3,6 @@ options shared with ``hmrcli crop`` and ``hmrcli infer``."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from hmrcli.cli._output import resolve_device
+from hmrcli.files import json_text
 
 DETECTOR_HELP = (
     "Person detector: auto (mmdet when installed with a checkpoint, else movenet), "
@@ -236,9 +236,8 @@ def detect(
         n_ok += 1
         n_persons += len(r.detections)
         n_empty += not r.detections
-        line = json.dumps(detection_record(str(r.source.path), r.width, r.height,
-                                           [d.to_json() for d in r.detections], detector=det.name, source=r.source),
-                          ensure_ascii=False)
+        line = json_text(detection_record(str(r.source.path), r.width, r.height,
+                                          [d.to_json() for d in r.detections], detector=det.name, source=r.source))
         if out is None:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()

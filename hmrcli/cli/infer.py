@@ -33,6 +33,7 @@ from hmrcli.cli.detect import (
     ShardOpt,
     detector_and_sources,
 )
+from hmrcli.files import json_text
 
 
 def infer(
@@ -354,7 +355,7 @@ class _Reporter:
 
 
 def _stderr_json(obj: dict) -> None:
-    sys.stderr.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stderr.write(json_text(obj) + "\n")
     sys.stderr.flush()
 
 

@@ -53,7 +53,7 @@ from hmrcli.export.writers import (
     mesh_bytes,
     npz_bytes,
 )
-from hmrcli.files import append_json_line
+from hmrcli.files import append_json_line, json_text
 from hmrcli.records import BatchSummary
 from hmrcli.render import render_overlay
 from hmrcli.sources import ImageReadError, read_image
@@ -503,7 +503,7 @@ def run_export(
                         atomic_write_bytes(targets[fmt], _glb(body_for(p), p, opts.mesh_frame, opts.glb_camera))
                     elif fmt == "json":
                         rec = person_record(p, posed, opts.mesh_frame, tuple(body_for(p).joint_names))
-                        atomic_write_text(targets[fmt], json.dumps(rec, indent=1, ensure_ascii=False))
+                        atomic_write_text(targets[fmt], json_text(rec, indent=1))
                     elif fmt == "npz":
                         atomic_write_bytes(targets[fmt], _npz(p))
                     wrote += 1

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hmrcli.assets import sha256_file
-from hmrcli.files import write_all
+from hmrcli.files import json_text, write_all
 from hmrcli.pipeline.options import MANIFEST_NAME, MANIFEST_SCHEMA, InferOptions
 from hmrcli.sources import ImageSource
 
@@ -120,7 +120,7 @@ class Manifest:
         return {"path": p, "size": key[1], "mtime_ns": key[2], "sha256": sha}
 
     def append(self, rec: dict[str, Any]) -> None:
-        line = json.dumps({"schema": MANIFEST_SCHEMA, **rec}, ensure_ascii=False, default=_json_default)
+        line = json_text({"schema": MANIFEST_SCHEMA, **rec}, default=_json_default)
         data = (line + "\n").encode("utf-8")
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
