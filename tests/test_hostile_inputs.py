@@ -53,3 +53,38 @@ def test_output_inside_an_input_folder_is_never_read_back(tmp_path, constant_che
             assert any(ev.get("event") == "note" and ev.get("left_out") == 2 for ev in lines)
     overlays = sorted(p.relative_to(d).as_posix() for p in d.rglob("overlay.png"))
     assert overlays == ["meshes/a.png/overlay.png", "meshes/c.png/overlay.png"]
+
+
+def test_input_named_like_a_bookkeeping_file(tmp_path, constant_checkpoint):
+    """`cp G manifest.jsonl; hmrcli infer manifest.jsonl --out O` must not make O/manifest.jsonl a
+    folder (the batch aborted with IsADirectoryError); the input gets a longer output name."""
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(SAMPLES / "grace_hopper.jpg", d / "manifest.jsonl")
+    shutil.copy(SAMPLES / "cameraman.png", d / "errors.jsonl")
+    r = _hmrcli("infer", str(d / "manifest.jsonl"), str(d / "errors.jsonl"), "--out", "O", "--detector",
+                "whole-image", "--checkpoint", str(constant_checkpoint), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["done"] == 2
+    assert (tmp_path / "O" / "manifest.jsonl").is_file() and (tmp_path / "O" / "in" / "manifest.jsonl").is_dir()
+    assert (tmp_path / "O" / "in" / "errors.jsonl" / "person_00.obj").is_file()
+
+
+def test_symlinked_folder_inside_out_is_never_written_through(tmp_path, constant_checkpoint):
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(SAMPLES / "cameraman.png", d / "c.png")
+    shutil.copy(SAMPLES / "astronaut.png", d / "a.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("keep me")
+    out = tmp_path / "O"
+    out.mkdir()
+    os.symlink(elsewhere, out / "c.png")
+    r = _hmrcli("infer", str(d), "--out", str(out), "--overwrite", "--detector", "whole-image",
+                "--checkpoint", str(constant_checkpoint), "--json", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["precious.txt"]
+    errs = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(errs) == 1 and errs[0]["stage"] == "write" and "symbolic link" in errs[0]["message"]
+    assert (out / "a.png" / "person_00.obj").is_file()

@@ -45,6 +45,18 @@ from hmrcli.records import error_record
 from hmrcli.sources import ImageSource
 
 
+def _symlink_below(out: Path, name: str) -> Path | None:
+    """The first existing symbolic link among ``out/<name>``'s folders below ``out``, or None."""
+    p = out
+    for part in Path(name).parts:
+        p = p / part
+        if p.is_symlink():
+            return p
+        if not p.exists():
+            return None
+    return None
+
+
 def _outside_of(sources: list[ImageSource], out: Path) -> tuple[list[ImageSource], int]:
     """The sources that are not inside the output folder ``out`` (files or video frames whose
     file lies below it), and how many were left out."""
@@ -164,6 +176,11 @@ def run_inference(
         problems = [m for _, m in staged]
         kept = [(job.indices[j], est) for j, est in enumerate(ests) if est is not None]
         files: list[str] = []
+        link = _symlink_below(out, src.name)
+        if link is not None:  # never write through a link inside the output tree (it may point anywhere)
+            fail(src, "write", f"{src.path}: {link} is a symbolic link inside the output folder; refusing to write "
+                               "through it (remove it and run again)")
+            return
         try:
             try:
                 (d / "result.json").unlink()  # redoing: not done until the new result.json lands

@@ -22,6 +22,11 @@ from hmrcli.sources.decode import video_frame_count
 from hmrcli.sources.probe import ImageInfo, probe_image
 
 
+#: names at the top of an output folder that hold hmrcli's bookkeeping (hmrcli.pipeline): an input
+#: whose output name would be one of them gets a longer name instead
+RESERVED_NAMES = frozenset({"manifest.jsonl", "errors.jsonl"})
+
+
 def probe_file(path: str | os.PathLike) -> ImageInfo | None:
     """:func:`probe_image` of a regular file's first bytes; None for a non-regular file;
     raises OSError when the file cannot be examined."""
@@ -56,7 +61,7 @@ class _Collector:
         self.stdin = stdin
         self.out: list[ImageSource] = []
         self.seen: set[tuple[str, int | None]] = set()
-        self.names: set[str] = set()
+        self.names: set[str] = set(RESERVED_NAMES)  # an input never takes a bookkeeping file's name
         self.used_stdin = False
 
     def unique(self, name: str, path: str) -> str:
@@ -220,7 +225,7 @@ def sources_from_records(records: Iterable[dict[str, Any]]) -> list[ImageSource]
         dirs = [os.path.dirname(_FRAME_RE.sub(r"\g<video>", p)) for p in absolute]
         base = os.path.commonpath(dirs) if len(dirs) > 1 else dirs[0]
     out: list[ImageSource] = []
-    names: set[str] = set()
+    names: set[str] = set(RESERVED_NAMES)
     for k, p in enumerate(paths):
         rec = merged[p]
         video = frame = None
