@@ -21,7 +21,6 @@ from hmrcli.sources.base import (
 from hmrcli.sources.decode import video_frame_count
 from hmrcli.sources.probe import ImageInfo, probe_image
 
-
 #: names at the top of an output folder that hold hmrcli's bookkeeping (hmrcli.pipeline): an input
 #: whose output name would be one of them gets a longer name instead
 RESERVED_NAMES = frozenset({"manifest.jsonl", "errors.jsonl"})
