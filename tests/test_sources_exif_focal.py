@@ -67,3 +67,18 @@ def test_infer_uses_exif_focal_unless_told_otherwise(tmp_path, constant_checkpoi
     assert "EXIF" in cams["--exif-focal"]["focal_source"]
     assert cams["--no-exif-focal"]["focal_px"] == pytest.approx(400.0)
     assert cams["--no-exif-focal"]["focal_source"].startswith("default")
+
+
+def test_implausible_exif_focal_is_ignored_and_recorded(tmp_path, constant_checkpoint):
+    """FocalLengthIn35mmFilm=65535 (a filler, f = 1.2e6 px: the person 1 km away) is not used: the
+    default focal, with the reason in the camera JSON."""
+    p = _jpeg(tmp_path / "odd.jpg", 400, 300, f35=65535)
+    f, why = exif_focal_px(p, 400, 300)
+    assert f is None and "65535" in why and "implausible" in why
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["infer", str(p), "--out", str(out), "--detector", "whole-image",
+                                 "--checkpoint", str(constant_checkpoint), "--json"])
+    assert r.exit_code == 0, r.output
+    cam = json.loads((out / "odd.jpg" / "person_00.camera.json").read_text())
+    assert cam["focal_px"] == pytest.approx(500.0)
+    assert cam["K_source"].startswith("default sqrt(W^2 + H^2); EXIF FocalLengthIn35mmFilm=65535 mm ignored")

@@ -92,8 +92,10 @@ def _camera_for(src: ImageSource, image: np.ndarray, opts: InferOptions) -> Came
 
         h, w = image.shape[:2]
         got = exif_focal_px(src.path, w, h)
-        if got is not None:
+        if got is not None and got[0] is not None:
             return CameraIntrinsics(float(got[0]), pp, got[1] + pp_note)
+        if got is not None:  # an implausible EXIF focal: the default, and why
+            return CameraIntrinsics(None, pp, f"default sqrt(W^2 + H^2); {got[1]}" + pp_note)
     return CameraIntrinsics(None, pp, "default sqrt(W^2 + H^2)" + pp_note)
 
 

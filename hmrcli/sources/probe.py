@@ -253,7 +253,12 @@ def exif_orientation(tiff: bytes) -> int:
 FULL_FRAME_DIAGONAL_MM = float(np.hypot(36.0, 24.0))
 
 
-def exif_focal_px(path: str | os.PathLike, width: int, height: int) -> tuple[float, str] | None:
+#: plausible 35 mm-equivalent focal lengths (mm): an 8 mm fisheye to a 2000 mm super-telephoto.
+#: EXIF values outside (e.g. 65535, a "not known" filler) are ignored and the reason recorded.
+EXIF_F35_RANGE_MM = (8.0, 2000.0)
+
+
+def exif_focal_px(path: str | os.PathLike, width: int, height: int) -> tuple[float | None, str] | None:
     """Focal length in pixels of a photo from its EXIF data, or None when it has none usable.
 
     ``width``, ``height``: the decoded image's size (after EXIF orientation). Preferred:
@@ -261,7 +266,9 @@ def exif_focal_px(path: str | os.PathLike, width: int, height: int) -> tuple[flo
     diagonal): ``f_px = f35 * sqrt(W^2 + H^2) / 43.27``. Otherwise ``FocalLength`` (mm) with
     ``FocalPlaneXResolution`` / ``FocalPlaneResolutionUnit`` (pixels per inch / cm / mm of the
     sensor), scaled from the EXIF image width to the decoded size. Returns
-    ``(f_px, description)``. Read with Pillow, which parses the EXIF block only.
+    ``(f_px, description)``, or ``(None, why)`` when the EXIF focal length is implausible (its
+    35 mm equivalent outside ``EXIF_F35_RANGE_MM``: the caller then uses its default and records
+    why). Read with Pillow, which parses the EXIF block only.
     """
     try:
         from PIL import Image, UnidentifiedImageError
@@ -279,6 +286,8 @@ def exif_focal_px(path: str | os.PathLike, width: int, height: int) -> tuple[flo
     f35 = sub.get(0xA405)
     try:
         if f35 and float(f35) > 0:
+            if not EXIF_F35_RANGE_MM[0] <= float(f35) <= EXIF_F35_RANGE_MM[1]:
+                return None, f"EXIF FocalLengthIn35mmFilm={float(f35):g} mm ignored (implausible)"
             f = float(f35) * diag / FULL_FRAME_DIAGONAL_MM
             return f, f"EXIF FocalLengthIn35mmFilm={float(f35):g} mm"
         fmm, xres, unit = sub.get(0x920A), sub.get(0xA20E), sub.get(0xA210, 2)
@@ -289,7 +298,11 @@ def exif_focal_px(path: str | os.PathLike, width: int, height: int) -> tuple[flo
                 return None
             scale = max(width, height) / max(int(exif_w), int(exif_h))
             f = float(fmm) * float(xres) / mm_per_unit * scale
-            return f, f"EXIF FocalLength={float(fmm):g} mm, FocalPlaneXResolution={float(xres):g}/unit {int(unit)}"
+            what = f"EXIF FocalLength={float(fmm):g} mm, FocalPlaneXResolution={float(xres):g}/unit {int(unit)}"
+            f35_equiv = f * FULL_FRAME_DIAGONAL_MM / diag
+            if not EXIF_F35_RANGE_MM[0] <= f35_equiv <= EXIF_F35_RANGE_MM[1]:
+                return None, f"{what} ignored (implausible: {f35_equiv:.0f} mm equivalent)"
+            return f, what
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     return None
