@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,12 +91,54 @@ class RegressorConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RegressorConfig":
+    def from_json(cls, d: Any, where: str = "<config>") -> "RegressorConfig":
+        """A config from its JSON form, every field checked (type, finite, range); errors
+        (CheckpointError) name ``where`` and the field."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{where}: the config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         if "crop_hw" in kw:
-            kw["crop_hw"] = tuple(int(x) for x in kw["crop_hw"])
-        return cls(**kw)
+            hw = kw["crop_hw"]
+            if not (isinstance(hw, (list, tuple)) and len(hw) == 2 and all(_is_int(v) for v in hw)):
+                raise CheckpointError(f"{where}: crop_hw must be two integers [H, W], got {hw!r}")
+            kw["crop_hw"] = (int(hw[0]), int(hw[1]))
+        cfg = cls(**kw)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "<config>") -> None:
+        """Raise CheckpointError naming ``where`` and the field when a value cannot be used."""
+        from hmrcli.nn.backbones import BACKBONES
+
+        def bad(field: str, want: str) -> CheckpointError:
+            return CheckpointError(f"{where}: {field} must be {want}, got {getattr(self, field)!r}")
+
+        if self.arch not in ("multiroi", "cliff"):
+            raise bad("arch", "multiroi or cliff")
+        if self.backbone not in BACKBONES:
+            raise bad("backbone", f"one of {', '.join(sorted(BACKBONES))}")
+        if not _is_int(self.num_rois) or not 1 <= self.num_rois <= 5:
+            raise bad("num_rois", "an integer 1..5")
+        if self.arch == "cliff" and self.num_rois != 1:
+            raise bad("num_rois", "1 for the cliff architecture")
+        if not all(_is_int(v) and 32 <= v <= 1024 for v in self.crop_hw):
+            raise bad("crop_hw", "two integers 32..1024")
+        if self.aspect not in ("rect", "square"):
+            raise bad("aspect", "rect or square")
+        if not (isinstance(self.box_rescale, (int, float)) and math.isfinite(self.box_rescale)
+                and 0.5 <= self.box_rescale <= 4.0):
+            raise bad("box_rescale", "a finite number 0.5..4")
+        if self.aggregation not in ("code", "paper"):
+            raise bad("aggregation", "code or paper")
+        if not _is_int(self.n_iter) or not 1 <= self.n_iter <= 10:
+            raise bad("n_iter", "an integer 1..10")
+        if not isinstance(self.body_model, str):
+            raise bad("body_model", "a name (smpl, free)")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -127,7 +170,10 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
         cfg_path = path.with_suffix(".json")
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+        try:
+            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
         return sd, cfg
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -212,7 +258,7 @@ def load_checkpoint(path: str | os.PathLike, aggregation: str | None = None) -> 
     if layout == "native":
         if cfg_json is None:
             raise CheckpointError(f"{path}: native weights need their JSON config beside them ({path.with_suffix('.json').name})")
-        cfg = RegressorConfig.from_json(cfg_json)
+        cfg = RegressorConfig.from_json(cfg_json, str(path.with_suffix(".json")))
     else:
         cfg = config_for_layout(layout, sd)
         cfg.provenance["source_file"] = path.name

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hmrcli._version import __version__
 from hmrcli.detect.whole_image import WholeImageDetector
 from hmrcli.engine.base import PersonEstimate
@@ -173,6 +175,12 @@ def run_inference(
         staged = [("crop", n) for n in job.notes] + [("landmarks", why) for why in job.prepared.get("problems", []) if why]
         if not job.persons and not job.notes:
             staged.insert(0, ("detect", f"{src.path}: no person found ({job.found_by})"))
+        ests = list(ests)
+        for j, est in enumerate(ests):  # never write a NaN mesh: a non-finite estimate is a recorded failure
+            if est is not None and not (np.all(np.isfinite(est.vertices_model)) and np.all(np.isfinite(est.cam_t))):
+                staged.append((getattr(engine, "name", "engine"), f"{src.path}: person {job.indices[j]}: the estimate "
+                               "is not finite (NaN/inf); nothing written for it"))
+                ests[j] = None
         problems = [m for _, m in staged]
         kept = [(job.indices[j], est) for j, est in enumerate(ests) if est is not None]
         files: list[str] = []
