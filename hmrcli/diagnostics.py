@@ -118,6 +118,7 @@ def _smpl_info(smpl_dir: str | None) -> dict[str, Any]:
         SMPL_DOWNLOAD_HELP,
         find_h36m_regressor,
         find_smpl_files,
+        read_model_file,
     )
 
     root = assets.smpl_dir(smpl_dir)
@@ -128,11 +129,19 @@ def _smpl_info(smpl_dir: str | None) -> dict[str, Any]:
         for cand in (root / "smpl_mean_params.npz", root / "data" / "smpl_mean_params.npz"):
             if cand.is_file():
                 mean = cand
+    refused: dict[str, str] = {}
+    for g, p in list(files.items()):  # a file that cannot be read safely is not a usable model
+        try:
+            read_model_file(p)
+        except Exception as e:  # refused pickle (code in it), not an SMPL file, unreadable
+            refused[g] = str(e)
+            del files[g]
     out: dict[str, Any] = {
         "name": "smpl",
         "folder": str(root) if root else None,
         "folder_exists": bool(root and root.is_dir()),
         "models": {g: (str(files[g]) if g in files else None) for g in ("neutral", "male", "female")},
+        "refused": refused,
         "J_regressor_h36m": str(reg) if reg else None,
         "smpl_mean_params": str(mean) if mean else None,
     }
@@ -195,7 +204,10 @@ def collect(smpl_dir: str | None = None) -> dict[str, Any]:
     if free.get("problem"):
         problems.append({"what": "free body model", "problem": free["problem"]})
     smpl = report["body_models"]["smpl"]
-    missing = [g for g, p in smpl["models"].items() if p is None]
+    for g, why in smpl.get("refused", {}).items():
+        problems.append({"what": f"SMPL {g} model file", "problem": f"refused: {why}",
+                         "fix": "replace it with the original file from https://smpl.is.tue.mpg.de/"})
+    missing = [g for g, p in smpl["models"].items() if p is None and g not in smpl.get("refused", {})]
     if missing:
         problems.append({
             "what": "SMPL files (optional: needed for SMPL meshes and benchmarks)",

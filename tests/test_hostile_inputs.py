@@ -14,7 +14,8 @@ SAMPLES = ROOT / "sample_images"
 
 def _hmrcli(*args, cwd, timeout=180):
     exe = Path(sys.executable).with_name("hmrcli")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    env = {**os.environ, "COLUMNS": "400"}  # one message, one line
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
 def test_fifo_inputs_are_recorded_not_waited_on(tmp_path, constant_checkpoint):
@@ -88,3 +89,29 @@ def test_symlinked_folder_inside_out_is_never_written_through(tmp_path, constant
     errs = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     assert len(errs) == 1 and errs[0]["stage"] == "write" and "symbolic link" in errs[0]["message"]
     assert (out / "a.png" / "person_00.obj").is_file()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo must never run > /dev/null",))
+
+
+def test_malicious_smpl_pickle_is_one_clear_error(tmp_path, constant_checkpoint):
+    import pickle
+
+    d = tmp_path / "smpl"
+    d.mkdir()
+    with open(d / "SMPL_NEUTRAL.pkl", "wb") as f:
+        pickle.dump({"v_template": _Evil()}, f, protocol=2)
+    r = _hmrcli("infer", str(SAMPLES / "astronaut.png"), "--out", "o", "--body-model", "smpl", "--smpl-dir", str(d),
+                "--checkpoint", str(constant_checkpoint), "--detector", "whole-image", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "SMPL_NEUTRAL.pkl" in errors[0] and "refusing to load 'posix.system'" in errors[0], \
+        r.stderr[-2000:]
+    doc = _hmrcli("doctor", "--smpl-dir", str(d), "--json", cwd=tmp_path)
+    rep = json.loads(doc.stdout)
+    smpl = rep["body_models"]["smpl"]
+    assert smpl["models"]["neutral"] is None and "SMPL_NEUTRAL.pkl" in smpl["refused"]["neutral"]
+    assert any(p["what"] == "SMPL neutral model file" and p["problem"].startswith("refused") for p in rep["problems"])
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.obj"))

@@ -23,6 +23,7 @@ import copy
 import io
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,10 @@ def read_model_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise BodyModelNotFoundError(f"{path}: no such file")
     if path.suffix == ".pkl":
-        data = load_smpl_pickle(path)
+        try:
+            data = load_smpl_pickle(path)
+        except pickle.UnpicklingError as e:  # UnsafePickleError included: refused before any code runs
+            raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
     elif path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
