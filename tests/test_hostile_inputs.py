@@ -115,3 +115,30 @@ def test_malicious_smpl_pickle_is_one_clear_error(tmp_path, constant_checkpoint)
     assert smpl["models"]["neutral"] is None and "SMPL_NEUTRAL.pkl" in smpl["refused"]["neutral"]
     assert any(p["what"] == "SMPL neutral model file" and p["problem"].startswith("refused") for p in rep["problems"])
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.obj"))
+
+
+def test_ten_thousand_boxes_are_capped_and_noted(tmp_path, constant_checkpoint, monkeypatch):
+    """A record with 10,000 boxes and no --max-persons: only the highest-scoring persons up to the
+    default cap (100; 5 here, to keep the test short) are reconstructed, and the cut is a recorded
+    note, not a failure."""
+    from typer.testing import CliRunner
+
+    import hmrcli.pipeline.loader as L
+    from hmrcli.cli import app
+
+    assert L.DEFAULT_MAX_PERSONS == 100
+    monkeypatch.setattr(L, "DEFAULT_MAX_PERSONS", 5)
+    boxes = tmp_path / "boxes.jsonl"
+    persons = [{"box_xyxy": [10 + (k % 40) * 10, 10 + (k // 40 % 40) * 10, 60 + (k % 40) * 10, 150 + (k // 40 % 40) * 10],
+                "score": round(0.5 + k / 20000, 6)} for k in range(10000)]  # the best ones come last
+    boxes.write_text(json.dumps({"schema": "hmrcli.detections/1", "path": str(SAMPLES / "astronaut.png"),
+                                 "width": 512, "height": 512, "persons": persons}) + "\n")
+    r = CliRunner().invoke(app, ["infer", "--boxes", str(boxes), "--out", str(tmp_path / "o"), "--checkpoint",
+                                 str(constant_checkpoint), "--mesh-format", "ply", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["persons"], s["persons_failed"]) == (5, 0), s
+    res = json.loads((tmp_path / "o" / "astronaut.png" / "result.json").read_text())
+    assert len(res["person_indices"]) == 5 and "10000 persons given or found" in res["problems"][0]
+    errs = [json.loads(x) for x in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in errs] == ["detect"]

@@ -6,7 +6,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from hmrcli.detect import detect_sources
 from hmrcli.engine.base import PersonBox
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
-from hmrcli.pipeline.options import InferOptions
+from hmrcli.pipeline.options import DEFAULT_MAX_PERSONS, InferOptions
 from hmrcli.sources import ImageSource, read_image
 
 
@@ -113,6 +113,7 @@ class _Job:
     image: np.ndarray | None
     camera: CameraIntrinsics | None = None
     found_by: str = "detector"  # what looked for the persons (named in a "no person found" problem)
+    capped: list[str] = field(default_factory=list)  # persons left out by the default cap (a note, not a failure)
 
 
 #: smallest person box reconstructed, in pixels (width and height)
@@ -164,7 +165,7 @@ class _Loader(threading.Thread):
         items = None
         try:
             items = detect_sources(srcs, self.detector, batch_size=opts.images_per_step, read=pre.read,
-                                   max_persons=opts.max_persons)
+                                   max_persons=opts.max_persons or None)
             for item in items:
                 if self.halt.is_set():
                     break
@@ -173,6 +174,13 @@ class _Loader(threading.Thread):
                     if not self.put(("error", src, *item.error)):
                         break
                     continue
+                cut = []
+                if opts.max_persons is None and len(item.detections) > DEFAULT_MAX_PERSONS:
+                    n = len(item.detections)
+                    item.detections = sorted(item.detections, key=lambda d: -(d.score if d.score is not None else 0.0)
+                                             )[:DEFAULT_MAX_PERSONS]
+                    cut = [f"{src.path}: {n} persons given or found; the {DEFAULT_MAX_PERSONS} highest-scoring are "
+                           "reconstructed (--max-persons N to choose another limit)"]
                 persons, indices, notes = _usable_persons(src, item)
                 if item.detections and not persons:  # a 1x1 image, degenerate boxes: nothing to crop
                     if not self.put(("error", src, "crop", "; ".join(notes))):
@@ -194,7 +202,7 @@ class _Loader(threading.Thread):
                         break
                     continue
                 job = _Job(src, prepared, persons, indices, notes, item.image if opts.overlay else None, camera,
-                           self.found_by)
+                           self.found_by, cut)
                 if not self.put(("item", job)):
                     break
                 del item, prepared, job  # hold nothing while waiting for the next image

@@ -16,6 +16,9 @@ MANIFEST_NAME = "manifest.jsonl"
 ERRORS_NAME = "errors.jsonl"
 #: exit status of a run stopped by a signal: 128 + the signal number
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+#: persons reconstructed per image when --max-persons is not given (a record with 10,000 boxes would
+#: otherwise run for minutes); cutting is noted in the image's problems
+DEFAULT_MAX_PERSONS = 100
 #: errors kept in ``InferSummary.errors`` (all of them go to errors.jsonl)
 MAX_SUMMARY_ERRORS = 1000
 
@@ -39,7 +42,7 @@ class InferOptions:
     overwrite: bool = False
     checkpoint: str = ""
     images_per_step: int = 8  # images per engine.run (also: per detector call)
-    max_persons: int | None = None  # with a detector: keep the N highest-scoring persons
+    max_persons: int | None = None  # keep the N highest-scoring persons (None: at most DEFAULT_MAX_PERSONS, noted)
     overlay: bool = False  # also write OUT/NAME/overlay.png (meshes rendered over the photo)
     workers: int = 2  # image-decoding threads (0: decode in the loader thread)
     settings: dict[str, Any] = field(default_factory=dict)  # more settings for the manifest (compared on re-runs)

@@ -172,7 +172,8 @@ def run_inference(
         nonlocal run_line_written
         src, image = job.src, job.image
         d = out / src.name
-        staged = [("crop", n) for n in job.notes] + [("landmarks", why) for why in job.prepared.get("problems", []) if why]
+        staged = ([("detect", n) for n in job.capped] + [("crop", n) for n in job.notes]
+                  + [("landmarks", why) for why in job.prepared.get("problems", []) if why])
         if not job.persons and not job.notes:
             staged.insert(0, ("detect", f"{src.path}: no person found ({job.found_by})"))
         ests = list(ests)
