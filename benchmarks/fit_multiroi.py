@@ -20,10 +20,10 @@ import time
 import numpy as np
 
 from hmrcli import geometry as G
+from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
 from hmrcli.body import load_body_model
 from hmrcli.fit.landmarks import Landmarker
 from hmrcli.fit.optimize import FitTargets, KeypointBody, fit_bodies
-from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
 from hmrcli.render import render
 
 

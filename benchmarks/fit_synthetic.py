@@ -14,9 +14,9 @@ import time
 import numpy as np
 import torch
 
+from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
 from hmrcli.body import load_body_model
 from hmrcli.fit.optimize import KeypointBody, fit_bodies
-from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
 
 
 def main() -> None:

@@ -17,7 +17,10 @@ import platform
 import subprocess
 import sys
 
-from hmrcli.bench.speed import PAPER_TABLE3_FPS_RTX3090, measure_speed  # shared with `hmrcli benchmark --speed`
+from hmrcli.bench.speed import (  # shared with `hmrcli benchmark --speed`
+    PAPER_TABLE3_FPS_RTX3090,
+    measure_speed,
+)
 
 
 def main() -> None:
