@@ -122,7 +122,7 @@ def test_detect_pipe_crop_on_images(photos, tmp_path):
         if f.suffix == ".png":
             assert (out1 / f).read_bytes() == (out2 / f).read_bytes()
     image = read_image(photos / "astronaut.png")
-    _check_person(out2 / "astronaut.png", 0, image, {"box_xyxy": [0.0, 0.0, 511.0, 511.0], "score": None}, 2,
+    _check_person(out2 / "astronaut.png", 0, image, {"box_xyxy": [-0.5, -0.5, 511.5, 511.5], "score": None}, 2,
                   "rect", None)
     assert not list(tmp_path.rglob("*.tmp"))
 

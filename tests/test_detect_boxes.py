@@ -77,7 +77,7 @@ def test_whole_image_records(photos):
     assert r.exit_code == 0, r.output
     (rec,) = _records(r.stdout)
     assert rec["path"].endswith("grace hopper ü.jpg") and (rec["width"], rec["height"]) == (512, 600)
-    assert rec["persons"] == [{"box_xyxy": [0.0, 0.0, 511.0, 599.0], "score": None, "class": "person",
+    assert rec["persons"] == [{"box_xyxy": [-0.5, -0.5, 511.5, 599.5], "score": None, "class": "person",
                                "detector": "whole-image"}]
     assert "whole-image" in r.stderr
 

@@ -123,7 +123,7 @@ def test_free_body_model_without_boxes(constant_checkpoint, tmp_path):
     assert r.exit_code == 0, r.output
     cam = json.loads((out / "astronaut.png" / "person_00.camera.json").read_text())
     assert cam["person"]["box_source"] == "whole-image"
-    assert cam["person"]["box_xyxy"] == [0.0, 0.0, 511.0, 511.0]
+    assert cam["person"]["box_xyxy"] == [-0.5, -0.5, 511.5, 511.5]
     assert cam["body_model"]["name"] == "free" and cam["body_model"]["betas_applied"] is False
     assert len(_obj_vertices(out / "astronaut.png" / "person_00.obj")) > 6000
 

@@ -116,7 +116,7 @@ def test_detect_records_round_trip_through_stdin(photos):
     for s, rec in zip(piped, recs):
         assert s.persons == rec["persons"] and s.record["width"] == rec["width"]
         h, w = read_image(s).shape[:2]
-        assert s.persons[0]["box_xyxy"] == [0.0, 0.0, w - 1.0, h - 1.0]
+        assert s.persons[0]["box_xyxy"] == [-0.5, -0.5, w - 0.5, h - 0.5]  # the whole picture (pixel centres)
     # the same list from a .jsonl file given as input
     f = photos.parent / "det.jsonl"
     f.write_text(r.stdout)
@@ -179,7 +179,7 @@ def test_explicit_detector_redetects_record_inputs(photos):
     assert json.loads(r.stdout)["persons"][0]["box_xyxy"] == [1.0, 2.0, 3.0, 4.0] and "detector: boxes" in r.stderr
     r = runner.invoke(app, ["detect", "-", "-d", "whole-image"], input=json.dumps(rec) + "\n")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["persons"][0]["box_xyxy"] == [0.0, 0.0, 511.0, 511.0]
+    assert json.loads(r.stdout)["persons"][0]["box_xyxy"] == [-0.5, -0.5, 511.5, 511.5]
 
 
 # --------------------------------------------------------------------------- shards

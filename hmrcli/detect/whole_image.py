@@ -1,7 +1,8 @@
 """``whole-image``: every image is one person whose box is the whole image.
 
 For pre-cropped person images (one person roughly filling each picture), and the
-behaviour of ``hmrcli infer`` before detection existed.
+behaviour of ``hmrcli infer`` before detection existed. The box is the whole picture under the
+pixel-centre convention: ``[-0.5, -0.5, W - 0.5, H - 0.5]``.
 """
 
 from __future__ import annotations
@@ -21,5 +22,6 @@ class WholeImageDetector:
         out = []
         for img in images:
             h, w = np.asarray(img).shape[:2]
-            out.append([Detection(np.array([0.0, 0.0, w - 1.0, h - 1.0]), None, self.name)])
+            # pixel (0, 0) is the centre of the top-left pixel: the image spans -0.5 .. W - 0.5
+            out.append([Detection(np.array([-0.5, -0.5, w - 0.5, h - 0.5]), None, self.name)])
         return out
