@@ -116,8 +116,9 @@ class _Job:
     capped: list[str] = field(default_factory=list)  # persons left out by the default cap (a note, not a failure)
 
 
-#: smallest person box reconstructed, in pixels (width and height)
-MIN_BOX_PX = 1.0
+#: smallest person box reconstructed, in pixels (width and height): a box of one pixel (e.g. the
+#: whole picture of a 1x1 image) holds no person to reconstruct
+MIN_BOX_PX = 2.0
 
 
 def _usable_persons(src: ImageSource, item: Any) -> tuple[list[PersonBox], list[int], list[str]]:
