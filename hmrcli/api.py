@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -20,7 +21,8 @@ from hmrcli.fit.optimize import FitOptions
 from hmrcli.nn.checkpoints import RegressorConfig
 from hmrcli.weights.catalogue import load_regressor
 
-__all__ = ["load_regressor", "load_body_model", "estimate_people", "make_engine", "EngineChoice", "RegressorConfig"]
+__all__ = ["load_regressor", "load_body_model", "estimate_people", "make_engine", "EngineChoice", "EngineSpec",
+           "RegressorConfig"]
 
 
 def estimate_people(
@@ -112,3 +114,35 @@ def make_engine(
         eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks,
                             options=FitOptions(pose_prior=pose_prior))
     return eng, choice
+
+
+@dataclass
+class EngineSpec:
+    """Everything :func:`make_engine` and :func:`load_body_model` need, built where the engine
+    runs (:meth:`build`): ``hmrcli infer`` builds it in its own process, the Ray executor once
+    in each worker (a loaded network cannot be sent between machines; a spec can). Fields as
+    for :func:`make_engine`, plus the body model's (``body_model`` smpl|free|auto,
+    ``gender``, ``smpl_dir``). ``device`` ``"auto"`` is resolved where it is built (``cuda``
+    when that process sees a GPU, else ``cpu``)."""
+
+    engine: str = "auto"
+    checkpoint: str | None = None
+    body_model: str = "auto"
+    gender: str = "neutral"
+    smpl_dir: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 16
+    aggregation: str | None = None
+    rois: int = 5
+    landmarks: str = "full"
+    pose_prior: str = "relaxed"
+    refine: str = "none"
+
+    def build(self):
+        """``(engine, choice)`` as :func:`make_engine` returns them."""
+        kw = asdict(self)
+        body = load_body_model(kw.pop("body_model"), gender=kw.pop("gender"), smpl_dir=kw.pop("smpl_dir"))
+        if kw["device"] == "auto":
+            kw["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        return make_engine(body=body, **kw)

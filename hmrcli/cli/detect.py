@@ -57,19 +57,14 @@ def note(msg: str) -> None:
     sys.stderr.flush()
 
 
-def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float], det_config: Optional[str],
+def detector_spec(detector: str, boxes: Optional[str], det_score: Optional[float], det_config: Optional[str],
                   det_checkpoint: Optional[str], device: str = "auto", batch_size: Optional[int] = None,
-                  quiet: bool = False, records: Optional[list] = None, records_name: str = "<records>") -> Any:
-    """Build the detector the options ask for, print which one runs on stderr; usage
-    problems and unavailable backends exit with status 2 and a message saying how to fix it.
-    ``records`` (``hmrcli.detections/1`` records read with the inputs) make it the boxes
-    detector over those records, unless another detector is named explicitly."""
-    from hmrcli.detect import (
-        DETECTORS,
-        DetectorUnavailable,
-        create_detector,
-        detection_summary,
-    )
+                  records: Optional[list] = None, records_name: str = "<records>", resolve: bool = True) -> Any:
+    """The detector the options ask for, as a :class:`hmrcli.detect.DetectorSpec`; usage
+    problems exit with status 2. ``records`` (``hmrcli.detections/1`` records read with the
+    inputs) make it the boxes detector over those records, unless another detector is named
+    explicitly. ``resolve``: resolve ``--device auto`` here (False: where it is built)."""
+    from hmrcli.detect import DETECTORS, DetectorSpec
 
     name = detector.strip().lower()
     if name not in ("auto", *DETECTORS):
@@ -96,33 +91,40 @@ def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float
     opts: dict[str, Any] = {"score_thr": det_score, "config": det_config, "checkpoint": det_checkpoint,
                             "batch_size": batch_size}
     if name in ("auto", "mmdet"):
-        opts["device"] = resolve_device(device)
+        opts["device"] = resolve_device(device) if resolve else device
     if name == "boxes":
         if records is not None:
             opts["records"] = records
         else:
             opts["source"] = boxes
+    return DetectorSpec(name, opts, source=records_name if records is not None else None,
+                        requested=name if detector.strip().lower() != "auto" else "auto")
+
+
+def build_detector(spec: Any, quiet: bool = False) -> Any:
+    """Build a detector spec here, print which detector runs on stderr; an unavailable
+    backend exits with status 2 and a message saying how to fix it."""
+    from hmrcli.detect import DetectorUnavailable, detection_summary
+
     try:
-        det = create_detector(name, **opts)
+        det = spec.build()
     except DetectorUnavailable as e:
-        note(f"error: detector {name} is not available: {e}")
+        note(f"error: detector {spec.name} is not available: {e}")
         raise typer.Exit(2) from None
     except (FileNotFoundError, ValueError) as e:
         note(f"error: {e}")
         raise typer.Exit(2) from None
-    if records is not None:
-        try:
-            det.source = records_name
-        except AttributeError:
-            pass
-    try:
-        det.hmrcli_requested = name if detector.strip().lower() != "auto" else "auto"
-    except AttributeError:
-        pass
     if not quiet:
         note(detection_summary(det))
     return det
 
+
+def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float], det_config: Optional[str],
+                  det_checkpoint: Optional[str], device: str = "auto", batch_size: Optional[int] = None,
+                  quiet: bool = False, records: Optional[list] = None, records_name: str = "<records>") -> Any:
+    """Build the detector the options ask for (:func:`detector_spec`, :func:`build_detector`)."""
+    return build_detector(detector_spec(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size,
+                                        records, records_name), quiet)
 
 
 def _expand(images: Optional[list[str]], frame_stride: int) -> list:
@@ -176,21 +178,31 @@ def _sources_from_det(det) -> list:
 def detector_and_sources(images: Optional[list[str]], detector: str, boxes: Optional[str], det_score: Optional[float],
                          det_config: Optional[str], det_checkpoint: Optional[str], device: str = "auto",
                          batch_size: Optional[int] = None, quiet: bool = False, shard: Optional[str] = None,
-                         frame_stride: int = 1) -> tuple[Any, list]:
+                         frame_stride: int = 1, build: bool = True) -> tuple[Any, list]:
     """Read the inputs, then build the detector: (detector, sources). Inputs that carry
     records (``hmrcli detect ... | hmrcli infer -``) use their boxes unless a detector is
-    named explicitly; usage errors exit with status 2."""
+    named explicitly; usage errors exit with status 2. ``build`` False: (a
+    :class:`hmrcli.detect.DetectorSpec` to build elsewhere, e.g. in the workers of a cluster,
+    sources); given boxes are read here (a file or stdin the workers may not see)."""
+    from hmrcli.detect import DetectorSpec
+
     if images:
         if boxes == "-" and "-" in images:
             raise typer.BadParameter("stdin cannot hold both the inputs and the boxes", param_hint="--boxes")
         sources = _expand(images, frame_stride)
         records = _records_of(sources)
-        det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, quiet,
-                            records=records,
-                            records_name="<stdin>" if "-" in images else "the input records")
-        return det, _finish(sources, shard)
-    det = make_detector(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, quiet)
-    return det, _finish(_sources_from_det(det), shard)
+        spec = detector_spec(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size,
+                             records=records, records_name="<stdin>" if "-" in images else "the input records",
+                             resolve=build)
+        det = build_detector(spec, quiet) if build or (spec.name == "boxes" and "source" in spec.options) else spec
+    else:
+        spec = detector_spec(detector, boxes, det_score, det_config, det_checkpoint, device, batch_size, resolve=build)
+        det = build_detector(spec, quiet)
+        sources = _sources_from_det(det)
+    if not build and not isinstance(det, DetectorSpec):  # boxes read here, handed on as records
+        det = DetectorSpec("boxes", {"records": det.records, "score_thr": det_score}, source=det.source,
+                           requested=spec.requested)
+    return det, _finish(sources, shard)
 
 
 def detect(

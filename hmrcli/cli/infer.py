@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -91,6 +92,18 @@ def infer(
     max_persons: MaxPersonsOpt = None,
     shard: ShardOpt = None,
     frame_stride: FrameStrideOpt = 1,
+    executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (workers on a Ray "
+                        "cluster, `pip install 'hmrcli[ray]'`; every node must see the inputs and --out at the same "
+                        "paths). README: many machines.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="auto|HOST:PORT", help="With "
+                           "--executor ray: the cluster to join (auto: the one this machine belongs to; default: "
+                           "start a local one).")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", min=1, help="With --executor ray: workers "
+                           "(default: as many as the cluster's GPUs, or CPUs, allow).")] = None,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0.0, help="With --executor ray: GPUs "
+                               "per worker (fractions share a GPU; 0: CPU workers).")] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", min=0.01, help="With --executor ray: CPUs "
+                               "per worker.")] = 1.0,
 ) -> None:
     """Reconstruct every person: mesh (.obj/.ply), camera JSON (hmrcli.camera/1) and
     parameters (.npz) per person under OUT/<image name>/ (+ overlay.png with --overlay).
@@ -105,8 +118,7 @@ def infer(
 
     Exit status: 0 all images done, 1 some failed (see OUT/errors.jsonl), 2 none succeeded
     or bad usage, 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM."""
-    from hmrcli.api import ENGINES, REFINEMENTS, make_engine
-    from hmrcli.body import load_body_model
+    from hmrcli.api import ENGINES, REFINEMENTS, EngineSpec
     from hmrcli.detect import DetectorUnavailable
     from hmrcli.intrinsics import (
         IntrinsicsError,
@@ -120,6 +132,7 @@ def infer(
         StopRequest,
         run_inference,
     )
+    from hmrcli.pipeline.ray_executor import ExecutorError, run_inference_ray
 
     as_json = want_json(json_out)
     fmts = tuple(f.strip().lower() for f in mesh_format.split(",") if f.strip())
@@ -137,12 +150,20 @@ def infer(
                      "`hmrcli weights list` (hmrcli doctor shows which are found), or use --engine fit.",
                      markup=False, highlight=False)
         raise typer.Exit(2)
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter("use local or ray", param_hint="--executor")
+    if executor == "local" and (ray_address or ray_workers or gpus_per_worker):
+        raise typer.BadParameter("--ray-address, --ray-workers and --gpus-per-worker need --executor ray",
+                                 param_hint="--executor")
+    spec = EngineSpec(engine=engine, checkpoint=checkpoint, body_model=body_model, gender=gender, smpl_dir=smpl_dir,
+                      device=device if executor == "ray" else resolve_device(device), precision=precision,
+                      batch_size=batch_size, aggregation=aggregation, rois=rois, landmarks=landmarks,
+                      pose_prior=pose_prior, refine=refine)
     try:
-        dev = resolve_device(device)
-        body = load_body_model(body_model, gender=gender, smpl_dir=smpl_dir)
-        eng, choice = make_engine(engine, checkpoint, body, device=dev, precision=precision, batch_size=batch_size,
-                                  aggregation=aggregation, rois=rois, landmarks=landmarks, pose_prior=pose_prior,
-                                  refine=refine)
+        # with --executor ray the workers build their own engines; this one (on the CPU) checks the
+        # options and the files here, before a cluster is started, and says which engine runs
+        eng, choice = (spec if executor == "local" else replace(spec, device="cpu", precision="fp32")).build()
+        body = eng.body
     except DetectorUnavailable as e:
         stderr.print(f"error: the fitting engine needs MediaPipe's BlazePose (the [fit] extra; `make install-fit`): {e}",
                      markup=False, highlight=False)
@@ -167,7 +188,12 @@ def infer(
                      markup=False, highlight=False)
         raise typer.Exit(2)
     det, sources = detector_and_sources(images, detector, boxes, det_score, det_config, det_checkpoint, device,
-                                        quiet=quiet, shard=shard, frame_stride=frame_stride)
+                                        quiet=quiet, shard=shard, frame_stride=frame_stride,
+                                        build=executor == "local")
+    if executor == "ray":  # checked; the workers build their own
+        if hasattr(eng, "close"):
+            eng.close()
+        eng = None
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
                         checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay,
                         exif_focal=exif_focal, principal_point=pp, intrinsics=table,
@@ -185,9 +211,18 @@ def infer(
     try:
         try:
             with report:
-                summary = run_inference(sources, eng, opts, progress=report.event, detector=det, stop=stop)
+                if executor == "local":
+                    summary = run_inference(sources, eng, opts, progress=report.event, detector=det, stop=stop)
+                else:
+                    summary = run_inference_ray(sources, spec.build, opts, detector_factory=det.build,
+                                                progress=report.event, stop=stop, address=ray_address,
+                                                workers=ray_workers, gpus_per_worker=gpus_per_worker,
+                                                cpus_per_worker=cpus_per_worker)
         except DetectorUnavailable as e:
             stderr.print(f"error: detector: {e}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        except ExecutorError as e:
+            stderr.print(f"error: {e}", markup=False, highlight=False)
             raise typer.Exit(2) from None
         finally:
             if hasattr(det, "close"):

@@ -38,7 +38,7 @@ from hmrcli.detect.base import Detection, Detector, DetectorUnavailable
 __all__ = [
     "Detection", "Detector", "DetectorUnavailable", "DETECTORS", "DetectedImage",
     "create_detector", "default_detector", "available_detectors", "detector_options",
-    "detect_images", "detect_sources", "detection_summary",
+    "detect_images", "detect_sources", "detection_summary", "DetectorSpec",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,38 @@ def create_detector(name: str, **opts: Any) -> Detector:
     except ImportError as e:
         raise DetectorUnavailable(f"{name}: {type(e).__name__}: {e}") from e
     return det
+
+
+@dataclass
+class DetectorSpec:
+    """A detector described by its name and options, built where it runs
+    (:meth:`build`): the CLI builds one in its own process, the Ray executor one in each
+    worker (detector sessions cannot be sent between processes; a spec can).
+
+    ``options`` as for :func:`create_detector`; a ``device`` of ``"auto"`` is resolved where
+    the detector is built (``cuda`` when that process sees a GPU, else ``cpu``). ``source``:
+    where given boxes came from (named in messages); ``requested``: the ``--detector`` the
+    user gave (``auto`` or a name), recorded with the run."""
+
+    name: str
+    options: dict[str, Any]
+    source: str | None = None
+    requested: str | None = None
+
+    def build(self) -> Detector:
+        opts = dict(self.options)
+        if opts.get("device") == "auto":
+            import torch  # (only detectors that take a device are given one)
+
+            opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        det = create_detector(self.name, **opts)
+        for attr, value in (("source", self.source), ("hmrcli_requested", self.requested)):
+            if value is not None:
+                try:
+                    setattr(det, attr, value)
+                except AttributeError:
+                    pass
+        return det
 
 
 def default_detector(**opts: Any) -> Detector:

@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -106,54 +107,76 @@ def _why_redo(out: Path, src: ImageSource, man: Manifest, sid: str, settings: di
     return None
 
 
-def run_inference(
-    sources: list[ImageSource],
-    engine: Any,
-    opts: InferOptions,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-    detector: Any = None,
-    stop: StopRequest | None = None,
-) -> InferSummary:
-    """Run the engine over ``sources`` and write outputs (layout, manifest and re-run rule:
-    this module's docstring, ``docs/output.md``). Persons come from ``detector`` (a
-    :class:`hmrcli.detect.base.Detector`, e.g. ``hmrcli.detect.create_detector("auto")``, or
-    the ``boxes`` detector over given boxes); without one, each image is one person whose box
-    is the whole image.
+@dataclass
+class ImageDone:
+    """An image finished by :func:`execute`: its files are written (``result.json`` last).
+    ``warnings``: error records of its persons (and of a search that found nobody)."""
 
-    ``progress`` receives event dicts, from the calling thread: ``done``, ``skipped``,
-    ``error`` (image failed) and ``warning`` (a person failed) per image, ``redo`` (once per
-    reason why finished images are redone). ``stop``: see :class:`StopRequest`; the run also
-    stops cleanly on KeyboardInterrupt. Either way ``summary.interrupted`` says so.
-    ``detector`` and the engine's ``prepare`` run on a loader thread, ``engine.run`` here."""
-    t0 = time.perf_counter()
-    if detector is None:
-        detector = WholeImageDetector()
+    name: str
+    image: str
+    out_dir: str
+    persons: int
+    files: list[str]
+    warnings: list[dict[str, Any]]
+    persons_failed: int
+    no_person: bool
+    worker: dict[str, Any] | None = None  # which worker made it (several workers: host, node, pid)
+
+
+@dataclass
+class ImageFailed:
+    """An image :func:`execute` could not finish: nothing of it is written; ``record`` is its
+    ``hmrcli.error/1`` line."""
+
+    name: str
+    record: dict[str, Any]
+
+
+Outcome = ImageDone | ImageFailed
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, decided once before any image is read: the sources left after
+    leaving out those inside the output folder, the ones to (re)do, their input
+    fingerprints, the settings (and their id) the outputs depend on, and the summary so far
+    (images, skipped, redone)."""
+
+    out: Path
+    todo: list[ImageSource]
+    fingerprints: dict[str, dict[str, Any]]
+    settings: dict[str, Any]
+    hashed: list[dict[str, Any]]
+    settings_id: str
+    run_info: dict[str, Any]
+    summary: InferSummary
+    manifest: Manifest
+
+
+def plan_run(sources: list[ImageSource], opts: InferOptions,
+             settings_of: Callable[[Manifest], tuple[dict[str, Any], list[dict[str, Any]]]],
+             boxes_of: Callable[[ImageSource], Any] = lambda src: None,
+             emit: Callable[[dict[str, Any]], None] = lambda ev: None, run_info: dict[str, Any] | None = None) -> RunPlan:
+    """The plan step of a run: read the manifest once, compute the settings
+    (``settings_of(manifest)``, e.g. :func:`run_settings` of the engine and detector), and
+    decide per source: skip (finished with these settings and this input), redo (and why,
+    reported once per reason as a ``redo`` event) or do. ``boxes_of``: the person boxes given
+    with a source (they are part of its fingerprint). The returned plan's manifest is open for
+    appends by the one process that records the run (:class:`Recorder`)."""
     out = Path(opts.out)
-    emit = progress or (lambda ev: None)
     sources, inside = _outside_of(sources, out)
     if inside:  # e.g. `infer photos --out photos/meshes`: our own overlays are never inputs
         emit({"event": "note", "left_out": inside, "message": f"{inside} input(s) inside the output folder {out} "
                                                              "left out (hmrcli never reads from its output tree)"})
     summ = InferSummary(images=len(sources))
     man = Manifest(out, names=[s.name for s in sources])
-    settings, hashed = run_settings(engine, opts, detector, man)
+    settings, hashed = settings_of(man)
     sid = settings_id(settings)
-    run_line_written = False
-
-    def fail(src: ImageSource, stage: str, msg: str) -> None:
-        rec = error_record(str(src.path), stage, msg)
-        _append_error(out, rec)
-        summ.failed += 1
-        if len(summ.errors) < MAX_SUMMARY_ERRORS:
-            summ.errors.append(rec)
-        emit({"event": "error", **rec, "name": src.name})
-
-    # -- what is left to do
     fps: dict[str, dict[str, Any]] = {}
     todo: list[ImageSource] = []
     reasons: dict[str, int] = {}
     for src in sources:
-        fp = _input_fingerprint(src, _given_boxes(src, detector))
+        fp = _input_fingerprint(src, boxes_of(src))
         if not opts.overwrite:
             why = _why_redo(out, src, man, sid, settings, fp)
             if why is None:
@@ -167,9 +190,115 @@ def run_inference(
         todo.append(src)
     for why, n in reasons.items():
         emit({"event": "redo", "images": n, "reason": why})
+    return RunPlan(out, todo, fps, settings, hashed, sid, dict(run_info or {}), summ, man)
+
+
+class Recorder:
+    """The bookkeeping of a run, done by one process (the driver, with several workers):
+    ``manifest.jsonl`` lines (the run line before the first image line), ``errors.jsonl``
+    lines, the summary and the progress events, from the outcomes of :func:`execute`."""
+
+    def __init__(self, plan: RunPlan, opts: InferOptions, emit: Callable[[dict[str, Any]], None]) -> None:
+        self.plan, self.opts, self.emit = plan, opts, emit
+        self.summary = plan.summary
+        self._run_line_written = False
+
+    def __call__(self, outcome: Outcome) -> None:
+        if isinstance(outcome, ImageFailed):
+            self.failed(outcome)
+        else:
+            self.done(outcome)
+
+    def failed(self, outcome: ImageFailed) -> None:
+        rec, summ = outcome.record, self.summary
+        _append_error(self.plan.out, rec)
+        summ.failed += 1
+        if len(summ.errors) < MAX_SUMMARY_ERRORS:
+            summ.errors.append(rec)
+        self.emit({"event": "error", **rec, "name": outcome.name})
+
+    def done(self, o: ImageDone) -> None:
+        plan, summ = self.plan, self.summary
+        if not self._run_line_written:
+            plan.manifest.append({"kind": "run", "settings_id": plan.settings_id, "settings": plan.settings,
+                                  "files": plan.hashed, "hmrcli": __version__,
+                                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                  **plan.run_info, "images_per_step": self.opts.images_per_step,
+                                  "workers": self.opts.workers})
+            self._run_line_written = True
+        plan.manifest.append({"kind": "image", "name": o.name, "image": o.image, "settings_id": plan.settings_id,
+                              "input": plan.fingerprints.get(o.name), "persons": o.persons, "files": o.files,
+                              **({"worker": o.worker} if o.worker is not None else {})})
+        for rec in o.warnings:
+            _append_error(plan.out, rec)
+            self.emit({"event": "warning", **rec, "name": o.name})
+        summ.done += 1
+        summ.persons += o.persons
+        summ.persons_failed += o.persons_failed
+        summ.no_person += bool(o.no_person)
+        self.emit({"event": "done", "file": o.image, "name": o.name, "persons": o.persons, "out": o.out_dir})
+
+
+def engine_run_info(engine: Any) -> dict[str, Any]:
+    """What the manifest's run line records about the engine without comparing it on re-runs."""
+    return {"device": str(getattr(engine, "device", "cpu")), "batch_size": getattr(engine, "batch_size", None)}
+
+
+def run_inference(
+    sources: list[ImageSource],
+    engine: Any,
+    opts: InferOptions,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    detector: Any = None,
+    stop: StopRequest | None = None,
+) -> InferSummary:
+    """Run the engine over ``sources`` and write outputs (layout, manifest and re-run rule:
+    this package's docstring, ``docs/output.md``), in this process. Persons come from
+    ``detector`` (a :class:`hmrcli.detect.base.Detector`, e.g.
+    ``hmrcli.detect.create_detector("auto")``, or the ``boxes`` detector over given boxes);
+    without one, each image is one person whose box is the whole image.
+
+    ``progress`` receives event dicts, from the calling thread: ``done``, ``skipped``,
+    ``error`` (image failed) and ``warning`` (a person failed) per image, ``redo`` (once per
+    reason why finished images are redone), ``note``. ``stop``: see :class:`StopRequest`;
+    the run also stops cleanly on KeyboardInterrupt. Either way ``summary.interrupted`` says
+    so. ``detector`` and the engine's ``prepare`` run on a loader thread, ``engine.run`` here.
+
+    The same run on several processes or machines: :func:`hmrcli.pipeline.ray_executor.run_inference_ray`
+    (plan here, :func:`execute` in workers, :class:`Recorder` here)."""
+    t0 = time.perf_counter()
+    if detector is None:
+        detector = WholeImageDetector()
+    emit = progress or (lambda ev: None)
+    plan = plan_run(sources, opts, lambda man: run_settings(engine, opts, detector, man),
+                    lambda src: _given_boxes(src, detector), emit, engine_run_info(engine))
+    summ = plan.summary
+    try:
+        interrupted = execute(plan.todo, engine, opts, detector, plan.settings_id, Recorder(plan, opts, emit), stop)
+    finally:
+        plan.manifest.close()
+    summ.interrupted = interrupted
+    summ.seconds = time.perf_counter() - t0
+    return summ
+
+
+def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: Any, sid: str,
+            record: Callable[[Outcome], None], stop: StopRequest | None = None) -> str | None:
+    """The execute step of a run: loader thread -> ``engine.run`` on batches -> the files of
+    each image under ``opts.out``; each image's :class:`ImageDone` / :class:`ImageFailed`
+    goes to ``record`` (from this thread, in completion order). Writes only ``OUT/NAME/``
+    folders: the manifest and ``errors.jsonl`` are the recorder's. Returns why the run was
+    interrupted (``StopRequest.reason``, "SIGINT" for a KeyboardInterrupt) or None.
+    Exceptions that end the run (a broken detector installation) are raised after the loader
+    thread has been joined."""
+    out = Path(opts.out)
+    engine_name = getattr(engine, "name", "engine")
+    interrupted: str | None = None
+
+    def fail(src: ImageSource, stage: str, msg: str) -> None:
+        record(ImageFailed(src.name, error_record(str(src.path), stage, msg)))
 
     def finish(job: _Job, ests: list[PersonEstimate | None]) -> None:
-        nonlocal run_line_written
         src, image = job.src, job.image
         d = out / src.name
         staged = ([("detect", n) for n in job.capped] + [("crop", n) for n in job.notes]
@@ -179,7 +308,7 @@ def run_inference(
         ests = list(ests)
         for j, est in enumerate(ests):  # never write a NaN mesh: a non-finite estimate is a recorded failure
             if est is not None and not (np.all(np.isfinite(est.vertices_model)) and np.all(np.isfinite(est.cam_t))):
-                staged.append((getattr(engine, "name", "engine"), f"{src.path}: person {job.indices[j]}: the estimate "
+                staged.append((engine_name, f"{src.path}: person {job.indices[j]}: the estimate "
                                "is not finite (NaN/inf); nothing written for it"))
                 ests[j] = None
         problems = [m for _, m in staged]
@@ -204,7 +333,7 @@ def run_inference(
                 "schema": RESULT_SCHEMA, "image": str(src.path), "name": src.name, "persons": len(kept),
                 "person_indices": [k for k, _ in kept], "problems": problems, "files": files,
                 "engine": engine.name, "checkpoint": opts.checkpoint, "mesh_frame": opts.mesh_frame,
-                "hmrcli": __version__,
+                "settings_id": sid, "hmrcli": __version__,
             }, indent=1))
         except Exception as e:
             _remove_files(d, files)
@@ -214,25 +343,10 @@ def run_inference(
             _remove_files(d, files)
             raise
         _remove_stale(d, set(files) | {"result.json"})
-        if not run_line_written:
-            man.append({"kind": "run", "settings_id": sid, "settings": settings, "files": hashed,
-                        "hmrcli": __version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "device": str(getattr(engine, "device", "cpu")),
-                        "batch_size": getattr(engine, "batch_size", None),
-                        "images_per_step": opts.images_per_step, "workers": opts.workers})
-            run_line_written = True
-        man.append({"kind": "image", "name": src.name, "image": str(src.path), "settings_id": sid,
-                    "input": fps.get(src.name), "persons": len(kept), "files": files})
-        for stage, why in staged:
-            rec = error_record(str(src.path), stage, why)
-            _append_error(out, rec)
-            emit({"event": "warning", **rec, "name": src.name})
-        summ.done += 1
-        summ.persons += len(kept)
-        summ.persons_failed += len(job.notes) + len(job.persons) - len(kept)
-        if not job.persons and not job.notes:
-            summ.no_person += 1
-        emit({"event": "done", "file": str(src.path), "name": src.name, "persons": len(kept), "out": str(d)})
+        no_person = not job.persons and not job.notes
+        record(ImageDone(src.name, str(src.path), str(d), len(kept), files,
+                         [error_record(str(src.path), stage, why) for stage, why in staged],
+                         len(job.notes) + len(job.persons) - len(kept), no_person))
 
     def run_batch(batch: list[_Job]) -> None:
         try:
@@ -243,60 +357,58 @@ def run_inference(
                     run_batch([job])
                 return
             src = batch[0].src
-            fail(src, getattr(engine, "name", "engine"), f"{src.path}: {type(e).__name__}: {e}")
+            fail(src, engine_name, f"{src.path}: {type(e).__name__}: {e}")
             return
         for job, ests in zip(batch, results):
             finish(job, ests)
 
+    if not todo:
+        return None
     pending: list[_Job] = []
     halt = threading.Event()
-    loader = _Loader(todo, engine, opts, detector, halt) if todo else None
+    loader = _Loader(todo, engine, opts, detector, halt)
     fatal: BaseException | None = None
     try:
-        if loader is not None:
-            loader.start()
-            n_persons = 0
-            while True:
-                if stop is not None and stop.is_set():
-                    break  # pending images (prepared, not run) are left for the next run
-                try:
-                    msg = loader.queue.get(timeout=0.1)
-                except queue.Empty:
-                    if not loader.is_alive() and loader.queue.empty():
-                        break
-                    continue
-                kind = msg[0]
-                if kind == "end":
-                    batch, pending = pending, []
-                    run_batch(batch)
+        loader.start()
+        n_persons = 0
+        while True:
+            if stop is not None and stop.is_set():
+                break  # pending images (prepared, not run) are left for the next run
+            try:
+                msg = loader.queue.get(timeout=0.1)
+            except queue.Empty:
+                if not loader.is_alive() and loader.queue.empty():
                     break
-                if kind == "fatal":
-                    fatal = msg[1]
-                    break
-                if kind == "error":
-                    fail(msg[1], msg[2], msg[3])
-                    continue
-                pending.append(msg[1])
-                n_persons += len(msg[1].persons)
-                del msg
-                if len(pending) >= opts.images_per_step or n_persons >= engine.batch_size:
-                    batch, pending, n_persons = pending, [], 0
-                    run_batch(batch)
-                    del batch
+                continue
+            kind = msg[0]
+            if kind == "end":
+                batch, pending = pending, []
+                run_batch(batch)
+                break
+            if kind == "fatal":
+                fatal = msg[1]
+                break
+            if kind == "error":
+                fail(msg[1], msg[2], msg[3])
+                continue
+            pending.append(msg[1])
+            n_persons += len(msg[1].persons)
+            del msg
+            if len(pending) >= opts.images_per_step or n_persons >= engine.batch_size:
+                batch, pending, n_persons = pending, [], 0
+                run_batch(batch)
+                del batch
     except KeyboardInterrupt:
-        summ.interrupted = (stop.reason if stop is not None and stop.reason else None) or "SIGINT"
+        interrupted = (stop.reason if stop is not None and stop.reason else None) or "SIGINT"
     finally:
         halt.set()
         pending.clear()
-        if loader is not None:
-            _join(loader)
-        man.close()
-    if stop is not None and stop.is_set() and summ.interrupted is None:
-        summ.interrupted = stop.reason or "SIGINT"
-    summ.seconds = time.perf_counter() - t0
+        _join(loader)
+    if stop is not None and stop.is_set() and interrupted is None:
+        interrupted = stop.reason or "SIGINT"
     if fatal is not None:
         raise fatal
-    return summ
+    return interrupted
 
 
 def _join(loader: _Loader) -> None:
