@@ -109,11 +109,11 @@ def hmrcli_cmd(*args: str) -> list[str]:
 GATE_ENV = "HMRCLI_TEST_ENGINE_GATE"
 
 
-def gated_hmrcli_cmd(*args: str) -> list[str]:
+def gated_hmrcli_cmd(*args: str, free_calls: int = 1) -> list[str]:
     """``hmrcli`` in a subprocess whose regression engine is gated (:func:`install_engine_gate`,
     folder from ``$HMRCLI_TEST_ENGINE_GATE``): the test decides when work remains."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import _pipeline_helpers as h; "
-            "h.install_engine_gate(); from hmrcli.cli import main; main()")
+            f"h.install_engine_gate(free_calls={int(free_calls)}); from hmrcli.cli import main; main()")
     return [sys.executable, "-c", code, *args]
 
 

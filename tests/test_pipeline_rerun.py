@@ -189,7 +189,8 @@ def test_stop_request_finishes_the_batch_and_a_rerun_completes(tmp_path):
     assert s.interrupted == "SIGTERM" and s.exit_code == 143 and s.done == 3  # the batch of 3 was finished
     assert s.remaining == 9 and s.to_json()["remaining"] == 9
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    assert sorted(p.name for p in out.iterdir()) == ["img_000.png", "img_001.png", "img_002.png", "manifest.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".hmrcli-locks", "img_000.png", "img_001.png", "img_002.png",
+                                                     "manifest.jsonl"]
     s = _run(src, out)
     assert (s.done, s.skipped, s.interrupted) == (9, 3, None)
     assert output_state(out) == output_state(ref)
@@ -210,7 +211,8 @@ def test_keyboard_interrupt_abandons_the_batch_cleanly(tmp_path):
     s = _run(src, out, Interrupting())
     assert s.interrupted == "SIGINT" and s.exit_code == 130 and s.done == 3 and s.remaining == 6
     assert threading.active_count() == threads  # the loader and decoders were joined
-    assert sorted(p.name for p in out.iterdir()) == ["img_000.png", "img_001.png", "img_002.png", "manifest.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".hmrcli-locks", "img_000.png", "img_001.png", "img_002.png",
+                                                     "manifest.jsonl"]
     s = _run(src, out)
     assert (s.done, s.skipped) == (6, 3)
 

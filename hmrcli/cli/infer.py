@@ -283,11 +283,12 @@ class _Reporter:
     """Progress of ``hmrcli infer``:
 
     * ``--json`` (the default when stdout is not a terminal): one JSON line per event on stdout
-      (done, skipped, error, warning, redo), the summary last;
+      (done, skipped, error, warning, redo, note), the summary last;
     * stderr a terminal (and not ``--quiet``): a rich progress bar with images/s and
       persons/s, errors and notes printed above it;
     * stderr not a terminal and stdout not JSON: the same events as JSON lines on stderr, each
-      with ``completed``, ``total``, ``images_per_s`` and ``persons_per_s``, the summary last.
+      with ``completed``, ``total``, ``images_per_s`` and ``persons_per_s``, plus a ``persons``
+      event after each batch of persons through the engine, the summary last.
 
     ``--quiet``: no progress and no per-image events (errors still go to OUT/errors.jsonl and
     to stderr outside JSON mode); the summary line is still written."""
@@ -299,6 +300,7 @@ class _Reporter:
         self.bar = None
         self.completed = 0
         self.persons = 0
+        self.persons_worked = 0
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> "_Reporter":
@@ -315,7 +317,7 @@ class _Reporter:
 
     def _rates(self) -> tuple[float, float]:
         el = max(time.perf_counter() - self.t0, 1e-9)
-        return self.completed / el, self.persons / el
+        return self.completed / el, max(self.persons, self.persons_worked) / el
 
     def _line(self, text: str, style: str | None = None) -> None:
         con = self.bar.console if self.bar is not None else stderr
@@ -334,6 +336,16 @@ class _Reporter:
             self.completed += 1
         if kind == "done":
             self.persons += ev.get("persons", 0)
+        if kind == "persons":  # a batch of persons went through the engine (progress inside big images)
+            self.persons_worked += int(ev.get("persons", 0))
+            if self.bar is not None:
+                ips, pps = self._rates()
+                self.bar.update(self.task, rate=f"{ips:.2f} img/s {pps:.2f} persons/s")
+            if self.json_log and not self.quiet:
+                ips, pps = self._rates()
+                _stderr_json({**ev, "completed": self.completed, "total": self.total,
+                              "images_per_s": round(ips, 3), "persons_per_s": round(pps, 3)})
+            return
         if self.as_json and not self.quiet:
             print_json(ev)
         if self.json_log:

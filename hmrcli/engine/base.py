@@ -11,6 +11,7 @@ prepared item's ``problems``). Engines: :class:`hmrcli.engine.regress.Regression
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from hmrcli.body import BodyModel
 
-__all__ = ["PersonBox", "PersonEstimate", "Engine"]
+__all__ = ["PersonBox", "PersonEstimate", "Engine", "finished_images"]
 
 
 @dataclass
@@ -77,5 +78,16 @@ class Engine(Protocol):
                 principal: tuple[float, float] | None = None) -> dict[str, Any]:
         """Per-image work on an RGB uint8 image; ``focal`` pixels (None: sqrt(W^2 + H^2))."""
 
-    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]]) -> list[list[PersonEstimate | None]]:
-        """Batched work over several prepared images: per image, per person, an estimate or None."""
+    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
+            on_persons: Callable[[int], None] | None = None) -> list[list[PersonEstimate | None]]:
+        """Batched work over several prepared images: per image, per person, an estimate or
+        None. Persons are worked on in batches of ``batch_size``; after each, ``on_persons(n)``
+        is told how many were done, and when ``stop()`` is true the engine returns early: the
+        list then holds only the images finished so far (a prefix of ``prepared``)."""
+
+
+def finished_images(flat: Sequence[tuple[int, int]], done: int, total_images: int) -> int:
+    """How many leading images are finished when the first ``done`` entries of ``flat`` (the
+    (image, person) pairs an engine works on, in image order) are: every image before the
+    image of the first pair not done yet (all of them when every pair is done)."""
+    return flat[done][0] if done < len(flat) else total_images

@@ -18,6 +18,7 @@ cannot be found is returned as ``None`` with the reason in ``prepared["problems"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 from hmrcli import geometry as G
 from hmrcli.body import BodyModel
-from hmrcli.engine.base import PersonBox, PersonEstimate
+from hmrcli.engine.base import PersonBox, PersonEstimate, finished_images
 from hmrcli.fit.landmarks import Landmarker, PersonLandmarks
 from hmrcli.fit.optimize import (
     FitInit,
@@ -118,11 +119,16 @@ class FitEngine:
         lms, problems = _landmarks_for(self.landmarker, image, persons)
         return {"landmarks": lms, "problems": problems, "focal": f, "principal": c, "image_wh": (w, h)}
 
-    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]]) -> list[list[PersonEstimate | None]]:
+    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
+            on_persons: Callable[[int], None] | None = None) -> list[list[PersonEstimate | None]]:
+        """Fit every person with landmarks, in batches of ``batch_size`` (``stop``,
+        ``on_persons``: :meth:`hmrcli.engine.base.Engine.run`)."""
         results: list[list[PersonEstimate | None]] = [[None] * len(p[1]) for p in prepared]
         flat = [(i, j) for i, (p, persons) in enumerate(prepared) for j in range(len(persons))
                 if p["landmarks"][j] is not None]
         for s in range(0, len(flat), self.batch_size):
+            if s and stop is not None and stop():
+                return results[:finished_images(flat, s, len(prepared))]
             chunk = flat[s:s + self.batch_size]
             items = []
             for i, j in chunk:
@@ -137,6 +143,8 @@ class FitEngine:
             ests = _estimates(self.body, metas, fit, "fit")
             for (i, j), est in zip(chunk, ests):
                 results[i][j] = est
+            if on_persons is not None:
+                on_persons(len(chunk))
         return results
 
 
@@ -223,8 +231,12 @@ class RefinedEngine:
             p["landmarks"], p["problems"] = _landmarks_for(self.landmarker, image, persons)
         return p
 
-    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]]) -> list[list[PersonEstimate | None]]:
-        base_results = self.base.run(prepared)
+    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
+            on_persons: Callable[[int], None] | None = None) -> list[list[PersonEstimate | None]]:
+        """The base engine, then the refinement of every person with landmarks, in batches
+        (``stop``: between batches of either; ``on_persons`` counts refined persons)."""
+        base_results = self.base.run(prepared, stop=stop)
+        prepared = prepared[:len(base_results)]
         # persons without landmarks keep the unrefined estimate (noted in its extra)
         todo = []
         for i, ests in enumerate(base_results):
@@ -236,6 +248,8 @@ class RefinedEngine:
                 else:
                     todo.append((i, j))
         for s in range(0, len(todo), self.batch_size):
+            if s and stop is not None and stop():
+                return base_results[:finished_images(todo, s, len(base_results))]
             chunk = todo[s:s + self.batch_size]
             base = [base_results[i][j] for i, j in chunk]
             if self.how == "fit":
@@ -244,6 +258,8 @@ class RefinedEngine:
                 refined = self._refine_pchmr(chunk, prepared, base)
             for (i, j), est in zip(chunk, refined):
                 base_results[i][j] = est
+            if on_persons is not None:
+                on_persons(len(chunk))
         return base_results
 
     def _refine_fit(self, chunk, prepared, base: list[PersonEstimate]) -> list[PersonEstimate]:

@@ -10,6 +10,7 @@ full-image perspective camera (docs/method.md §4). Batched over persons.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from hmrcli import geometry as G
 from hmrcli.body import BodyModel
-from hmrcli.engine.base import PersonBox, PersonEstimate
+from hmrcli.engine.base import PersonBox, PersonEstimate, finished_images
 
 __all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "PRECISIONS"]  # (the records: hmrcli.engine.base)
 
@@ -104,11 +105,16 @@ class RegressionEngine:
             "cams": out.cams.float(),
         }
 
-    def run(self, prepared: list[tuple[dict[str, np.ndarray], list[PersonBox]]]) -> list[list[PersonEstimate]]:
-        """Estimate every person of several prepared images, batching persons across them."""
+    def run(self, prepared: list[tuple[dict[str, np.ndarray], list[PersonBox]]], *,
+            stop: Callable[[], bool] | None = None,
+            on_persons: Callable[[int], None] | None = None) -> list[list[PersonEstimate]]:
+        """Estimate every person of several prepared images, batching persons across them
+        (``stop``, ``on_persons``: :meth:`hmrcli.engine.base.Engine.run`)."""
         flat = [(i, j) for i, (p, persons) in enumerate(prepared) for j in range(len(persons))]
         results: list[list[PersonEstimate | None]] = [[None] * len(p[1]) for p in prepared]
         for s in range(0, len(flat), self.batch_size):
+            if s and stop is not None and stop():
+                return results[:finished_images(flat, s, len(prepared))]  # type: ignore[return-value]
             chunk = flat[s:s + self.batch_size]
             crops = np.stack([prepared[i][0]["crops"][j] for i, j in chunk])
             info = np.stack([prepared[i][0]["bbox_info"][j] for i, j in chunk])
@@ -135,4 +141,6 @@ class RegressionEngine:
                     cam_t=cam_t[k], K=G.intrinsics(focal[k], w, h, principal[k]), focal=float(focal[k]), image_wh=(w, h),
                     vertices_model=verts[k], joints_model=joints[k], extra={"engine": "regress"},
                 )
+            if on_persons is not None:
+                on_persons(len(chunk))
         return results  # type: ignore[return-value]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,16 +139,27 @@ def _usable_persons(src: ImageSource, item: Any) -> tuple[list[PersonBox], list[
 
 class _Loader(threading.Thread):
     """The loader thread: decode (prefetch pool) -> detect -> ``engine.prepare``, in input
-    order, into a bounded queue. Messages: ("item", _Job),
-    ("error", src, stage, message), ("fatal", exception), ("end",)."""
+    order, into a bounded queue. Messages: ("item", _Job), ("error", src, stage, message),
+    ("skip", src, why) (left to another process), ("fatal", exception), ("end",)."""
 
     def __init__(self, todo: list[ImageSource], engine: Any, opts: InferOptions, detector: Any,
-                 halt: threading.Event) -> None:
+                 halt: threading.Event, claim: Callable[[ImageSource], str | None] | None = None) -> None:
         super().__init__(name="hmrcli-loader", daemon=True)
         self.todo, self.engine, self.opts, self.detector, self.halt = todo, engine, opts, detector, halt
+        self.claim = claim
         self.queue: queue.Queue = queue.Queue(maxsize=max(2, 2 * int(opts.images_per_step)))
         label = getattr(detector, "detector_label", None) or getattr(detector, "name", type(detector).__name__)
         self.found_by = f"detector {label}"
+
+    def _claimed(self) -> Iterator[ImageSource]:
+        """The sources to do, less those ``claim`` leaves to another process (a ("skip", src,
+        why) message each)."""
+        for src in self.todo:
+            why = self.claim(src) if self.claim is not None else None
+            if why is None:
+                yield src
+            elif not self.put(("skip", src, why)):
+                return
 
     def put(self, msg: tuple) -> bool:
         while not self.halt.is_set():
@@ -162,7 +173,7 @@ class _Loader(threading.Thread):
     def run(self) -> None:
         opts = self.opts
         pre = _Prefetch(opts.workers, ahead=max(2, 2 * opts.workers))
-        srcs = pre.feed(self.todo, self.halt)
+        srcs = pre.feed(self._claimed(), self.halt)
         items = None
         try:
             items = detect_sources(srcs, self.detector, batch_size=opts.images_per_step, read=pre.read,

@@ -122,14 +122,15 @@ class _Worker:
     def given_boxes(self, sources: list[ImageSource]) -> list[Any]:
         return [_given_boxes(s, self.detector) for s in sources]
 
-    def run_chunk(self, sources: list[ImageSource], sid: str) -> tuple[list[Outcome], str | None]:
+    def run_chunk(self, sources: list[ImageSource], sid: str, planned_ns: int) -> tuple[list[Outcome], str | None]:
         stop = StopRequest()
         with self._lock:
             self._stop = stop
             if self._stop_reason is not None:
                 stop.request(self._stop_reason)
         outcomes: list[Outcome] = []
-        interrupted = execute(sources, self.engine, self.opts, self.detector, sid, outcomes.append, stop)
+        interrupted = execute(sources, self.engine, self.opts, self.detector, sid, outcomes.append, stop,
+                              planned_ns)
         for o in outcomes:
             if isinstance(o, ImageDone):
                 o.worker = self.where
@@ -240,7 +241,7 @@ def run_inference_ray(
                         {**run_info, "executor": "ray", "ray_workers": n})
         try:
             recorder = Recorder(plan, opts, emit)
-            interrupted = _schedule(ray, actors, plan.todo, plan.settings_id, recorder, stop, chunk_images or
+            interrupted = _schedule(ray, actors, plan.todo, (plan.settings_id, plan.started_ns), recorder, stop, chunk_images or
                                     max(1, min(int(opts.images_per_step), math.ceil(len(plan.todo) / (2 * n)) or 1)),
                                     emit)
         finally:
@@ -277,7 +278,7 @@ def _wait_ready(ray, actors: list[Any], timeout: float) -> list[dict[str, Any]]:
     return infos
 
 
-def _schedule(ray, actors: list[Any], todo: list[ImageSource], sid: str, recorder: Recorder,
+def _schedule(ray, actors: list[Any], todo: list[ImageSource], sid: tuple[str, int], recorder: Recorder,
               stop: StopRequest | None, chunk: int, emit: Callable[[dict[str, Any]], None]) -> str | None:
     """Give out chunks of ``todo`` to idle workers until all are done (or a stop), feeding the
     recorder. A worker whose task failed because it died (``ActorUnavailableError`` while Ray
@@ -308,7 +309,7 @@ def _schedule(ray, actors: list[Any], todo: list[ImageSource], sid: str, recorde
             while idle and queue_ and stopping is None:
                 ai, ci = idle.popleft(), queue_.popleft()
                 tries[ci] += 1
-                inflight[actors[ai].run_chunk.remote(chunks[ci], sid)] = (ai, ci)
+                inflight[actors[ai].run_chunk.remote(chunks[ci], *sid)] = (ai, ci)
             if not inflight and (stopping is not None or not pings):
                 for ci in queue_ if stopping is None else ():  # every worker is gone for good
                     _fail_chunk(recorder, chunks[ci], "no Ray worker is left to run it (each died "

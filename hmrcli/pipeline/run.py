@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import queue
@@ -29,6 +30,7 @@ from hmrcli.pipeline.layout import (
     _write_person,
 )
 from hmrcli.pipeline.loader import _Job, _Loader
+from hmrcli.pipeline.locks import ImageLocks, finished_elsewhere
 from hmrcli.pipeline.manifest import (
     Manifest,
     _given_boxes,
@@ -132,7 +134,24 @@ class ImageFailed:
     record: dict[str, Any]
 
 
-Outcome = ImageDone | ImageFailed
+@dataclass
+class ImageSkipped:
+    """An image :func:`execute` left to another process sharing the output folder (it holds
+    the image's lock, or has just finished it: :mod:`hmrcli.pipeline.locks`)."""
+
+    name: str
+    image: str
+    reason: str
+
+
+@dataclass
+class PersonsDone:
+    """Progress inside the engine: ``persons`` more persons went through it (one batch)."""
+
+    persons: int
+
+
+Outcome = ImageDone | ImageFailed | ImageSkipped | PersonsDone
 
 
 @dataclass
@@ -144,6 +163,7 @@ class RunPlan:
 
     out: Path
     todo: list[ImageSource]
+    started_ns: int  # when the plan was made (time.time_ns())
     fingerprints: dict[str, dict[str, Any]]
     settings: dict[str, Any]
     hashed: list[dict[str, Any]]
@@ -168,6 +188,7 @@ def plan_run(sources: list[ImageSource], opts: InferOptions,
     if inside:  # e.g. `infer photos --out photos/meshes`: our own overlays are never inputs
         emit({"event": "note", "left_out": inside, "message": f"{inside} input(s) inside the output folder {out} "
                                                              "left out (hmrcli never reads from its output tree)"})
+    started_ns = time.time_ns()
     summ = InferSummary(images=len(sources))
     man = Manifest(out, names=[s.name for s in sources])
     settings, hashed = settings_of(man)
@@ -190,7 +211,7 @@ def plan_run(sources: list[ImageSource], opts: InferOptions,
         todo.append(src)
     for why, n in reasons.items():
         emit({"event": "redo", "images": n, "reason": why})
-    return RunPlan(out, todo, fps, settings, hashed, sid, dict(run_info or {}), summ, man)
+    return RunPlan(out, todo, started_ns, fps, settings, hashed, sid, dict(run_info or {}), summ, man)
 
 
 class Recorder:
@@ -206,6 +227,11 @@ class Recorder:
     def __call__(self, outcome: Outcome) -> None:
         if isinstance(outcome, ImageFailed):
             self.failed(outcome)
+        elif isinstance(outcome, PersonsDone):
+            self.emit({"event": "persons", "persons": outcome.persons})
+        elif isinstance(outcome, ImageSkipped):
+            self.summary.skipped += 1
+            self.emit({"event": "skipped", "file": outcome.image, "name": outcome.name, "reason": outcome.reason})
         else:
             self.done(outcome)
 
@@ -274,7 +300,8 @@ def run_inference(
                     lambda src: _given_boxes(src, detector), emit, engine_run_info(engine))
     summ = plan.summary
     try:
-        interrupted = execute(plan.todo, engine, opts, detector, plan.settings_id, Recorder(plan, opts, emit), stop)
+        interrupted = execute(plan.todo, engine, opts, detector, plan.settings_id, Recorder(plan, opts, emit), stop,
+                              plan.started_ns)
     finally:
         plan.manifest.close()
     summ.interrupted = interrupted
@@ -283,20 +310,39 @@ def run_inference(
 
 
 def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: Any, sid: str,
-            record: Callable[[Outcome], None], stop: StopRequest | None = None) -> str | None:
+            record: Callable[[Outcome], None], stop: StopRequest | None = None,
+            planned_ns: int | None = None) -> str | None:
     """The execute step of a run: loader thread -> ``engine.run`` on batches -> the files of
     each image under ``opts.out``; each image's :class:`ImageDone` / :class:`ImageFailed`
     goes to ``record`` (from this thread, in completion order). Writes only ``OUT/NAME/``
     folders: the manifest and ``errors.jsonl`` are the recorder's. Returns why the run was
     interrupted (``StopRequest.reason``, "SIGINT" for a KeyboardInterrupt) or None.
     Exceptions that end the run (a broken detector installation) are raised after the loader
-    thread has been joined."""
+    thread has been joined.
+
+    Each image is locked before it is read (:mod:`hmrcli.pipeline.locks`); one whose lock
+    another process holds, or that another process finished with settings ``sid`` after
+    ``planned_ns`` (default: now), is an :class:`ImageSkipped`."""
     out = Path(opts.out)
     engine_name = getattr(engine, "name", "engine")
     interrupted: str | None = None
+    locks = ImageLocks(out)
+    since = time.time_ns() if planned_ns is None else planned_ns
+
+    def claim(src: ImageSource) -> str | None:  # (loader thread)
+        try:
+            if not locks.try_lock(src.name):
+                return "another hmrcli process sharing the output folder is doing it"
+        except OSError:
+            return None  # no lock file (e.g. a read-only lock folder): work unlocked, as before locks
+        if finished_elsewhere(out, src.name, sid, since):
+            locks.release(src.name)
+            return "another hmrcli process sharing the output folder finished it during this run"
+        return None
 
     def fail(src: ImageSource, stage: str, msg: str) -> None:
         record(ImageFailed(src.name, error_record(str(src.path), stage, msg)))
+        locks.release(src.name)
 
     def finish(job: _Job, ests: list[PersonEstimate | None]) -> None:
         src, image = job.src, job.image
@@ -347,10 +393,17 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
         record(ImageDone(src.name, str(src.path), str(d), len(kept), files,
                          [error_record(str(src.path), stage, why) for stage, why in staged],
                          len(job.notes) + len(job.persons) - len(kept), no_person))
+        locks.release(src.name)
+
+    kw: dict[str, Any] = {}
+    if _takes_stop(engine):  # engines check the stop request between person batches and report progress
+        kw = {"stop": stop.is_set if stop is not None else None, "on_persons": lambda n: record(PersonsDone(n))}
 
     def run_batch(batch: list[_Job]) -> None:
         try:
-            results = engine.run([(job.prepared, job.persons) for job in batch])
+            # a stop request met between person batches: only the images finished (a prefix) come
+            # back; the others are left for the next run
+            results = engine.run([(job.prepared, job.persons) for job in batch], **kw)
         except Exception as e:  # network / fit failure: find the image(s) it comes from
             if len(batch) > 1:
                 for job in batch:
@@ -366,7 +419,7 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
         return None
     pending: list[_Job] = []
     halt = threading.Event()
-    loader = _Loader(todo, engine, opts, detector, halt)
+    loader = _Loader(todo, engine, opts, detector, halt, claim)
     fatal: BaseException | None = None
     try:
         loader.start()
@@ -391,6 +444,9 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
             if kind == "error":
                 fail(msg[1], msg[2], msg[3])
                 continue
+            if kind == "skip":
+                record(ImageSkipped(msg[1].name, str(msg[1].path), msg[2]))
+                continue
             pending.append(msg[1])
             n_persons += len(msg[1].persons)
             del msg
@@ -404,11 +460,22 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
         halt.set()
         pending.clear()
         _join(loader)
+        locks.release_all()
     if stop is not None and stop.is_set() and interrupted is None:
         interrupted = stop.reason or "SIGINT"
     if fatal is not None:
         raise fatal
     return interrupted
+
+
+def _takes_stop(engine: Any) -> bool:
+    """Whether ``engine.run`` takes ``stop`` and ``on_persons`` (engines written for the first
+    interface take only the prepared images)."""
+    try:
+        params = inspect.signature(engine.run).parameters
+    except (TypeError, ValueError):
+        return False
+    return "stop" in params and "on_persons" in params
 
 
 def _join(loader: _Loader) -> None:

@@ -23,7 +23,7 @@ from hmrcli.sources.probe import ImageInfo, probe_image
 
 #: names at the top of an output folder that hold hmrcli's bookkeeping (hmrcli.pipeline): an input
 #: whose output name would be one of them gets a longer name instead
-RESERVED_NAMES = frozenset({"manifest.jsonl", "errors.jsonl"})
+RESERVED_NAMES = frozenset({"manifest.jsonl", "errors.jsonl", ".hmrcli-locks"})
 
 
 def probe_file(path: str | os.PathLike) -> ImageInfo | None:
