@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from hmrcli.engine.base import Prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_images"
@@ -55,6 +58,12 @@ class StubBody:
     info = SimpleNamespace(name="stub", gender="neutral", path=None, num_vertices=3)
 
 
+@dataclass(kw_only=True)
+class StubPrepared(Prepared):
+    mean: float
+    ballast: np.ndarray | None = None
+
+
 class StubEngine:
     """A cheap engine with the interface run_inference uses. ``prepare`` allocates
     ``prep_bytes`` per image (so prepared images that pile up show in the memory), ``run``
@@ -77,8 +86,9 @@ class StubEngine:
 
     def prepare(self, image, persons, focal=None):
         h, w = image.shape[:2]
-        return {"w": w, "h": h, "mean": float(image.mean()), "focal": float(focal or np.hypot(w, h)),
-                "ballast": np.ones(self.prep_bytes, np.uint8) if self.prep_bytes else None}
+        return StubPrepared(image_wh=(w, h), focal=float(focal or np.hypot(w, h)), principal=(w / 2, h / 2),
+                            problems=[""] * len(persons), mean=float(image.mean()),
+                            ballast=np.ones(self.prep_bytes, np.uint8) if self.prep_bytes else None)
 
     def run(self, prepared):
         from hmrcli.engine.base import PersonEstimate
@@ -86,16 +96,17 @@ class StubEngine:
         self.runs.append(len(prepared))
         out = []
         for p, persons in prepared:
-            if p["mean"] in self.fail_on:
+            if p.mean in self.fail_on:
                 raise RuntimeError("stub engine failure")
-            K = np.array([[p["focal"], 0, p["w"] / 2], [0, p["focal"], p["h"] / 2], [0, 0, 1.0]])
+            w, h = p.image_wh
+            K = np.array([[p.focal, 0, w / 2], [0, p.focal, h / 2], [0, 0, 1.0]])
             ests = []
             for box in persons:
                 ests.append(PersonEstimate(
                     box=box, crop_box=np.array([1.0, 2.0, 3.0]), rois=np.zeros((1, 3)), bbox_info=np.zeros((1, 3)),
                     cams_local=np.zeros((1, 3)), rotmats=np.tile(np.eye(3), (24, 1, 1)), betas=np.zeros(10),
-                    betas_applied=True, cam_t=np.array([0.0, 0.0, 5.0]), K=K, focal=p["focal"],
-                    image_wh=(p["w"], p["h"]), vertices_model=np.eye(3) * p["mean"] / 255.0,
+                    betas_applied=True, cam_t=np.array([0.0, 0.0, 5.0]), K=K, focal=p.focal,
+                    image_wh=(w, h), vertices_model=np.eye(3) * p.mean / 255.0,
                     joints_model=np.zeros((24, 3))))
             out.append(ests)
         return out

@@ -60,8 +60,8 @@ def test_real_photo_keypoints_within_5_percent_of_box_height(name, detector, eng
     box = blazepose_box(res, (w, h))
     prep = engine.prepare(img, [PersonBox(box, res.score, "mediapipe")])
     (est,) = engine.run([(prep, [PersonBox(box)])])[0]
-    assert est is not None, prep["problems"]
-    lm = prep["landmarks"][0]
+    assert est is not None, prep.problems
+    lm = prep.landmarks[0]
     kp = engine.body(torch.from_numpy(est.rotmats[None]), torch.from_numpy(est.betas[None])).keypoints_coco[0].numpy()
     uv = G.project(kp + est.cam_t, est.K)
     inside = (lm.kp2d[:, 0] >= 0) & (lm.kp2d[:, 1] >= 0) & (lm.kp2d[:, 0] <= w - 1) & (lm.kp2d[:, 1] <= h - 1)

@@ -108,13 +108,14 @@ def infer(
     """Reconstruct every person: mesh (.obj/.ply), camera JSON (hmrcli.camera/1) and
     parameters (.npz) per person under OUT/<image name>/ (+ overlay.png with --overlay).
     Without a regressor checkpoint the fitting engine runs (offline). Persons come from a detector
-    (--detector, named on stderr; offline: mediapipe, every person whose head is in view) or from
-    --boxes FILE ('-' = stdin, e.g. `hmrcli detect IMAGES | hmrcli infer --boxes - ...`).
+    (--detector, named on stderr; offline default: movenet, every person) or from --boxes FILE
+    ('-' = stdin, e.g. `hmrcli detect IMAGES | hmrcli infer --boxes - ...`).
 
     Re-runs skip images already finished with the same settings (OUT/manifest.jsonl) and redo
-    the others; --shard I/N splits the inputs for job arrays. Ctrl-C / SIGTERM stop after the
-    current batch (a second one abandons it); a re-run finishes the rest. Layout, manifest and
-    signals: docs/output.md.
+    the others; --shard I/N splits the inputs for job arrays; processes sharing OUT split the
+    images (per-image locks); --executor ray spreads them over a Ray cluster. Ctrl-C / SIGTERM
+    stop after the current batch of persons (a second one abandons it); a re-run finishes the
+    rest. Layout, manifest, locks, Ray and signals: docs/output.md.
 
     Exit status: 0 all images done, 1 some failed (see OUT/errors.jsonl), 2 none succeeded
     or bad usage, 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM."""
@@ -240,7 +241,7 @@ def infer(
 
 
 def _install_signal_handlers(stop, note) -> dict:
-    """SIGINT / SIGTERM: the first asks the run to stop after the current batch, the second
+    """SIGINT / SIGTERM: the first asks the run to stop after the current batch of persons, the second
     abandons the batch (KeyboardInterrupt; its images are redone by the next run), a third
     exits at once (as safe as kill -9: every file is written atomically)."""
     from hmrcli.pipeline import (
@@ -254,7 +255,7 @@ def _install_signal_handlers(stop, note) -> dict:
         count[0] += 1
         if count[0] == 1:
             stop.request(name)
-            note(name, "stopping after the current batch (send it again to abandon the batch)")
+            note(name, "stopping after the current batch of persons (send it again to abandon it)")
         elif count[0] == 2:
             note(name, "abandoning the current batch")
             raise KeyboardInterrupt

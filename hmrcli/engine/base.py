@@ -5,7 +5,8 @@ An engine turns the persons of an image into :class:`PersonEstimate` records in 
 thread: crops, or BlazePose landmarks), ``run`` the batched work over several prepared
 images (on the calling thread: the network, or the fit) and returns, per image, one estimate
 per person (None for a person that could not be reconstructed; the reason is in the
-prepared item's ``problems``). Engines: :class:`hmrcli.engine.regress.RegressionEngine`,
+prepared item's ``problems``). Prepared items are typed (:class:`Prepared` and the engines'
+subclasses). Engines: :class:`hmrcli.engine.regress.RegressionEngine`,
 :class:`hmrcli.engine.fit.FitEngine`, :class:`hmrcli.engine.fit.RefinedEngine`.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from hmrcli.body import BodyModel
 
-__all__ = ["PersonBox", "PersonEstimate", "Engine", "finished_images"]
+__all__ = ["PersonBox", "PersonEstimate", "Prepared", "Engine", "finished_images"]
 
 
 @dataclass
@@ -60,6 +61,22 @@ class PersonEstimate:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(kw_only=True)
+class Prepared:
+    """What an engine's ``prepare`` made of one image, for its ``run``. Every engine's has the
+    image size ``image_wh`` (W, H pixels), the camera (``focal`` pixels, ``principal`` (cu,
+    cv) pixels), ``problems`` (per person: why it cannot be reconstructed, "" when it can;
+    recorded by the pipeline) and, for engines that use BlazePose, ``landmarks`` (per person,
+    None where none were found). Engines add their own fields in a subclass
+    (:class:`hmrcli.engine.regress.RegressPrepared`: the crops)."""
+
+    image_wh: tuple[int, int]
+    focal: float
+    principal: tuple[float, float]
+    problems: list[str] = field(default_factory=list)
+    landmarks: list[Any] | None = None
+
+
 @runtime_checkable
 class Engine(Protocol):
     """The interface of an engine. ``prepare`` may be called from another thread than
@@ -75,10 +92,10 @@ class Engine(Protocol):
         """Settings recorded in the camera JSON and the manifest (``engine``, ``roi_convention``, ...)."""
 
     def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
-                principal: tuple[float, float] | None = None) -> dict[str, Any]:
+                principal: tuple[float, float] | None = None) -> Prepared:
         """Per-image work on an RGB uint8 image; ``focal`` pixels (None: sqrt(W^2 + H^2))."""
 
-    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
+    def run(self, prepared: list[tuple[Prepared, list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
             on_persons: Callable[[int], None] | None = None) -> list[list[PersonEstimate | None]]:
         """Batched work over several prepared images: per image, per person, an estimate or
         None. Persons are worked on in batches of ``batch_size``; after each, ``on_persons(n)``

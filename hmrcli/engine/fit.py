@@ -5,7 +5,7 @@ the same way: ``prepare(image, persons, focal)`` does the per-image work while t
 in memory (here: BlazePose landmarks on every RoI of every person), ``run(prepared_list)``
 does the batched work (here: the SMPLify-style fit of all persons of several images at once)
 and returns :class:`hmrcli.engine.regress.PersonEstimate` lists. A person whose landmarks
-cannot be found is returned as ``None`` with the reason in ``prepared["problems"]``.
+cannot be found is returned as ``None`` with the reason in the prepared item's ``problems``.
 
 * :class:`FitEngine` -- landmarks -> closed-form initialisation -> fit. No network weights.
 * :class:`RefinedEngine` -- wraps an engine (regression or fit) and refines its estimates:
@@ -26,7 +26,7 @@ import torch
 
 from hmrcli import geometry as G
 from hmrcli.body import BodyModel
-from hmrcli.engine.base import PersonBox, PersonEstimate, finished_images
+from hmrcli.engine.base import PersonBox, PersonEstimate, Prepared, finished_images
 from hmrcli.fit.landmarks import Landmarker, PersonLandmarks
 from hmrcli.fit.optimize import (
     FitInit,
@@ -110,22 +110,22 @@ class FitEngine:
                         "stages": ["camera"] + [f"body{k}" for k in range(len(o.body_stages))]}}
 
     def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
-                principal: tuple[float, float] | None = None) -> dict[str, Any]:
+                principal: tuple[float, float] | None = None) -> Prepared:
         """BlazePose landmarks of every person. ``focal`` pixels (None: sqrt(W^2 + H^2)),
         ``principal`` (cu, cv) pixels (None: the image centre)."""
         h, w = image.shape[:2]
         f = float(focal) if focal else float(G.default_focal(w, h))
         c = (float(principal[0]), float(principal[1])) if principal is not None else (w / 2.0, h / 2.0)
         lms, problems = _landmarks_for(self.landmarker, image, persons)
-        return {"landmarks": lms, "problems": problems, "focal": f, "principal": c, "image_wh": (w, h)}
+        return Prepared(image_wh=(w, h), focal=f, principal=c, problems=problems, landmarks=lms)
 
-    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
+    def run(self, prepared: list[tuple[Prepared, list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
             on_persons: Callable[[int], None] | None = None) -> list[list[PersonEstimate | None]]:
         """Fit every person with landmarks, in batches of ``batch_size`` (``stop``,
         ``on_persons``: :meth:`hmrcli.engine.base.Engine.run`)."""
         results: list[list[PersonEstimate | None]] = [[None] * len(p[1]) for p in prepared]
         flat = [(i, j) for i, (p, persons) in enumerate(prepared) for j in range(len(persons))
-                if p["landmarks"][j] is not None]
+                if p.landmarks[j] is not None]
         for s in range(0, len(flat), self.batch_size):
             if s and stop is not None and stop():
                 return results[:finished_images(flat, s, len(prepared))]
@@ -133,12 +133,11 @@ class FitEngine:
             items = []
             for i, j in chunk:
                 p = prepared[i][0]
-                lm = p["landmarks"][j]
-                items.append((lm, G.intrinsics(p["focal"], *p["image_wh"], np.asarray(p["principal"])),
-                              float(lm.rois[0, 2])))
+                lm = p.landmarks[j]
+                items.append((lm, G.intrinsics(p.focal, *p.image_wh, np.asarray(p.principal)), float(lm.rois[0, 2])))
             fit = fit_bodies(self.kb, _targets(items), options=self.options, device=self.device)
-            metas = [{"lm": prepared[i][0]["landmarks"][j], "image_wh": prepared[i][0]["image_wh"],
-                      "focal": prepared[i][0]["focal"], "principal": prepared[i][0]["principal"],
+            metas = [{"lm": prepared[i][0].landmarks[j], "image_wh": prepared[i][0].image_wh,
+                      "focal": prepared[i][0].focal, "principal": prepared[i][0].principal,
                       "box": prepared[i][1][j]} for i, j in chunk]
             ests = _estimates(self.body, metas, fit, "fit")
             for (i, j), est in zip(chunk, ests):
@@ -225,13 +224,14 @@ class RefinedEngine:
         return d
 
     def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
-                principal: tuple[float, float] | None = None) -> dict[str, Any]:
+                principal: tuple[float, float] | None = None) -> Prepared:
+        """The base engine's preparation, plus BlazePose landmarks when it has none."""
         p = self.base.prepare(image, persons, focal, principal)
-        if "landmarks" not in p:
-            p["landmarks"], p["problems"] = _landmarks_for(self.landmarker, image, persons)
+        if p.landmarks is None:
+            p.landmarks, p.problems = _landmarks_for(self.landmarker, image, persons)
         return p
 
-    def run(self, prepared: list[tuple[dict[str, Any], list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
+    def run(self, prepared: list[tuple[Prepared, list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
             on_persons: Callable[[int], None] | None = None) -> list[list[PersonEstimate | None]]:
         """The base engine, then the refinement of every person with landmarks, in batches
         (``stop``: between batches of either; ``on_persons`` counts refined persons)."""
@@ -243,8 +243,8 @@ class RefinedEngine:
             for j, est in enumerate(ests):
                 if est is None:
                     continue
-                if prepared[i][0]["landmarks"][j] is None:
-                    est.extra["refine_skipped"] = prepared[i][0]["problems"][j]
+                if prepared[i][0].landmarks[j] is None:
+                    est.extra["refine_skipped"] = prepared[i][0].problems[j]
                 else:
                     todo.append((i, j))
         for s in range(0, len(todo), self.batch_size):
@@ -263,7 +263,7 @@ class RefinedEngine:
         return base_results
 
     def _refine_fit(self, chunk, prepared, base: list[PersonEstimate]) -> list[PersonEstimate]:
-        lms = [prepared[i][0]["landmarks"][j] for i, j in chunk]
+        lms = [prepared[i][0].landmarks[j] for i, j in chunk]
         items = [(lm, est.K, float(lm.rois[0, 2])) for lm, est in zip(lms, base)]
         init = FitInit(rotmats=np.stack([e.rotmats for e in base]),
                        betas=np.stack([e.betas if e.betas_applied else np.zeros_like(e.betas) for e in base]),
@@ -276,7 +276,7 @@ class RefinedEngine:
     def _refine_pchmr(self, chunk, prepared, base: list[PersonEstimate]) -> list[PersonEstimate]:
         from hmrcli.fit.pchmr import calibrate_mesh, smpl24_from_blazepose33
 
-        lms = [prepared[i][0]["landmarks"][j] for i, j in chunk]
+        lms = [prepared[i][0].landmarks[j] for i, j in chunk]
         world = torch.from_numpy(np.stack([lm.blazepose3d for lm in lms]))
         vis = torch.from_numpy(np.stack([lm.blazepose_vis for lm in lms]))
         target, conf = smpl24_from_blazepose33(world, vis)

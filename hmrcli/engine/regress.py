@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,22 @@ import torch
 
 from hmrcli import geometry as G
 from hmrcli.body import BodyModel
-from hmrcli.engine.base import PersonBox, PersonEstimate, finished_images
+from hmrcli.engine.base import PersonBox, PersonEstimate, Prepared, finished_images
 
-__all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "PRECISIONS"]  # (the records: hmrcli.engine.base)
+__all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "RegressPrepared", "PRECISIONS"]  # (the records: hmrcli.engine.base)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(kw_only=True)
+class RegressPrepared(Prepared):
+    """One image prepared for the network: per person, the crop box (cx, cy, b) pixels, the M
+    RoIs (M, 3), their crops (M, h, w, 3) uint8 RGB and bbox_info (M, 3)."""
+
+    crops: np.ndarray
+    crop_boxes: np.ndarray
+    rois: np.ndarray
+    bbox_info: np.ndarray
 
 
 class RegressionEngine:
@@ -69,7 +81,7 @@ class RegressionEngine:
 
     # -- preparation (numpy, CPU) ------------------------------------------------
     def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
-                principal: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+                principal: tuple[float, float] | None = None) -> RegressPrepared:
         """Crops (N, M, h, w, 3) uint8, RoIs (N, M, 3), bbox_info (N, M, 3) for one RGB image.
         ``focal`` (pixels; None: sqrt(W^2 + H^2)) and ``principal`` (cu, cv) pixels (None: the
         image centre) enter bbox_info and the camera conversion."""
@@ -86,8 +98,9 @@ class RegressionEngine:
             for m in range(cfg.num_rois):
                 crops[i, m] = G.crop_image_np(image, affines[i, m], cfg.crop_hw)
         info = G.bbox_info(rois, (w_img, h_img), f, c)
-        return {"crops": crops, "crop_boxes": crop_boxes, "rois": rois, "bbox_info": info, "focal": np.full(len(persons), f),
-                "principal": np.tile(c, (len(persons), 1)), "image_wh": np.tile([w_img, h_img], (len(persons), 1))}
+        return RegressPrepared(image_wh=(w_img, h_img), focal=f, principal=(float(c[0]), float(c[1])),
+                               problems=[""] * len(persons), crops=crops, crop_boxes=crop_boxes, rois=rois,
+                               bbox_info=info)
 
     # -- network + body model ----------------------------------------------------
     @torch.no_grad()
@@ -105,7 +118,7 @@ class RegressionEngine:
             "cams": out.cams.float(),
         }
 
-    def run(self, prepared: list[tuple[dict[str, np.ndarray], list[PersonBox]]], *,
+    def run(self, prepared: list[tuple[RegressPrepared, list[PersonBox]]], *,
             stop: Callable[[], bool] | None = None,
             on_persons: Callable[[int], None] | None = None) -> list[list[PersonEstimate]]:
         """Estimate every person of several prepared images, batching persons across them
@@ -116,13 +129,13 @@ class RegressionEngine:
             if s and stop is not None and stop():
                 return results[:finished_images(flat, s, len(prepared))]  # type: ignore[return-value]
             chunk = flat[s:s + self.batch_size]
-            crops = np.stack([prepared[i][0]["crops"][j] for i, j in chunk])
-            info = np.stack([prepared[i][0]["bbox_info"][j] for i, j in chunk])
+            crops = np.stack([prepared[i][0].crops[j] for i, j in chunk])
+            info = np.stack([prepared[i][0].bbox_info[j] for i, j in chunk])
             net = self._forward(crops, info)
-            rois = np.stack([prepared[i][0]["rois"][j] for i, j in chunk])
-            img_wh = np.stack([prepared[i][0]["image_wh"][j] for i, j in chunk]).astype(np.float64)
-            focal = np.array([prepared[i][0]["focal"][j] for i, j in chunk])
-            principal = np.stack([prepared[i][0]["principal"][j] for i, j in chunk])
+            rois = np.stack([prepared[i][0].rois[j] for i, j in chunk])
+            img_wh = np.array([prepared[i][0].image_wh for i, j in chunk], dtype=np.float64)
+            focal = np.array([prepared[i][0].focal for i, j in chunk], dtype=np.float64)
+            principal = np.array([prepared[i][0].principal for i, j in chunk], dtype=np.float64)
             cams = net["cams"].cpu().double().numpy()
             cam_t = G.local_to_full(cams[:, 0], rois[:, 0], img_wh, focal, principal=principal)
             betas = net["betas"]
@@ -134,9 +147,9 @@ class RegressionEngine:
             betas_np = betas.cpu().double().numpy()
             for k, (i, j) in enumerate(chunk):
                 p = prepared[i][0]
-                w, h = (int(v) for v in p["image_wh"][j])
+                w, h = (int(v) for v in p.image_wh)
                 results[i][j] = PersonEstimate(
-                    box=prepared[i][1][j], crop_box=p["crop_boxes"][j], rois=rois[k], bbox_info=info[k],
+                    box=prepared[i][1][j], crop_box=p.crop_boxes[j], rois=rois[k], bbox_info=info[k],
                     cams_local=cams[k], rotmats=rot[k], betas=betas_np[k], betas_applied=self.betas_applied,
                     cam_t=cam_t[k], K=G.intrinsics(focal[k], w, h, principal[k]), focal=float(focal[k]), image_wh=(w, h),
                     vertices_model=verts[k], joints_model=joints[k], extra={"engine": "regress"},

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hmrcli.detect import detect_sources
-from hmrcli.engine.base import PersonBox
+from hmrcli.engine.base import PersonBox, Prepared
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
 from hmrcli.pipeline.options import DEFAULT_MAX_PERSONS, InferOptions
 from hmrcli.sources import ImageSource, read_image
@@ -106,7 +106,7 @@ class _Job:
     ``notes``: why persons were left out; ``image``: kept only for the overlay."""
 
     src: ImageSource
-    prepared: dict[str, Any]
+    prepared: Prepared
     persons: list[PersonBox]
     indices: list[int]
     notes: list[str]

@@ -348,7 +348,7 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
         src, image = job.src, job.image
         d = out / src.name
         staged = ([("detect", n) for n in job.capped] + [("crop", n) for n in job.notes]
-                  + [("landmarks", why) for why in job.prepared.get("problems", []) if why])
+                  + [("landmarks", why) for why in job.prepared.problems if why])
         if not job.persons and not job.notes:
             staged.insert(0, ("detect", f"{src.path}: no person found ({job.found_by})"))
         ests = list(ests)
