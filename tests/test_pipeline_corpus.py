@@ -142,6 +142,9 @@ def test_progress_modes(ckpt, tmp_path):
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--no-json"])
     assert r.exit_code == 1 and r.stdout == ""
     log = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+    # progress inside the engine: one "persons" event per batch of persons (here one batch of 2)
+    assert [e["persons"] for e in log if e.get("event") == "persons"] == [2]
+    log = [e for e in log if e.get("event") != "persons"]
     # events come as images finish: a read error can come before the batch ahead of it
     assert sorted(e.get("event") for e in log[:-1]) == ["done", "done", "error"]
     assert [e["completed"] for e in log[:-1]] == [1, 2, 3] and all(e["total"] == 3 for e in log[:-1])

@@ -19,7 +19,7 @@ from _pipeline_helpers import (
 
 from hmrcli.detect.whole_image import WholeImageDetector
 from hmrcli.pipeline import InferOptions, run_inference
-from hmrcli.pipeline.locks import LOCKS_DIR, ImageLocks, finished_elsewhere
+from hmrcli.pipeline.locks import LOCKS_DIR, ImageLocks, ManifestTail
 from hmrcli.sources import expand_inputs
 
 
@@ -60,24 +60,46 @@ def test_an_image_locked_by_another_process_is_left_to_it(tmp_path):
     assert len(list((out / LOCKS_DIR).iterdir())) == 4  # one (empty) lock file per image, left in place
 
 
-def test_finished_elsewhere_reads_the_result_and_its_time(tmp_path):
-    d = tmp_path / "a.png"
-    d.mkdir()
-    before = time.time_ns() - 10**9
-    (d / "result.json").write_text(json.dumps({"settings_id": "abc"}))
-    assert finished_elsewhere(tmp_path, "a.png", "abc", before)
-    assert not finished_elsewhere(tmp_path, "a.png", "other", before)  # other settings: redo
-    assert not finished_elsewhere(tmp_path, "a.png", "abc", time.time_ns() + 10**9)  # there before the plan
-    assert not finished_elsewhere(tmp_path, "b.png", "abc", before)
-    (d / "result.json").write_text("{torn")
-    assert not finished_elsewhere(tmp_path, "a.png", "abc", before)
+def test_manifest_tail_reads_new_whole_lines_only(tmp_path):
+    man = tmp_path / "manifest.jsonl"
+    man.write_text(json.dumps({"kind": "image", "name": "old.png", "settings_id": "s1"}) + "\n")
+    tail = ManifestTail(man, man.stat().st_size)  # the plan was made here
+    assert not tail.finished("old.png", "s1")  # before the plan: the plan's business
+    with open(man, "a") as f:
+        f.write(json.dumps({"kind": "image", "name": "a.png", "settings_id": "s1"}) + "\n")
+        f.write("{torn\n")
+        f.write(json.dumps({"kind": "image", "name": "b.png", "settings_id": "s2"}) + "\n")
+        f.write(json.dumps({"kind": "image", "name": "c.png", "settings_id": "s1"}))  # still being written
+    assert tail.finished("a.png", "s1")
+    assert not tail.finished("b.png", "s1")  # other settings: redo
+    assert not tail.finished("c.png", "s1")
+    with open(man, "a") as f:
+        f.write("\n")
+    assert tail.finished("c.png", "s1")
+    assert not ManifestTail(tmp_path / "missing.jsonl", 0).finished("a.png", "s1")
 
 
-def test_result_json_names_its_settings(tmp_path):
-    src, out = _images(tmp_path / "in", 1), tmp_path / "out"
-    _run(src, out, [])
-    res = json.loads((out / "img_000.png" / "result.json").read_text())
-    assert res["settings_id"] == _image_lines(out)[0]["settings_id"]
+def test_an_image_another_process_finished_during_the_run_is_not_redone(tmp_path):
+    """Another process records img_029 as finished (same settings) after this run made its
+    plan and before this run reaches it: this run skips it, with the reason."""
+    src, out = _images(tmp_path / "in", 30), tmp_path / "out"
+    events: list[dict] = []
+
+    def progress(ev):
+        events.append(ev)
+        if ev["event"] == "done" and ev["name"] == "img_000.png":
+            lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+            sid = lines[0]["settings_id"]
+            with open(out / "manifest.jsonl", "a") as f:
+                f.write(json.dumps({"kind": "image", "name": "img_029.png", "settings_id": sid, "files": []}) + "\n")
+
+    summ = run_inference(expand_inputs([str(src)]), StubEngine(), InferOptions(out=out, images_per_step=1,
+                                                                                workers=0),
+                         progress=progress, detector=WholeImageDetector())
+    assert (summ.done, summ.skipped) == (29, 1)
+    (skip,) = [e for e in events if e["event"] == "skipped"]
+    assert skip["name"] == "img_029.png" and "finished it during this run" in skip["reason"]
+    assert not (out / "img_029.png").exists()
 
 
 def test_two_identical_runs_into_one_folder_do_each_image_once(tmp_path, tmp_path_factory):

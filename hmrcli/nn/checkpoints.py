@@ -2,8 +2,9 @@
 
 Native format (what ``hmrcli weights convert`` writes): ``NAME.safetensors`` (weights,
 native parameter names: backbone under ``backbone.``) plus ``NAME.json`` (a
-:class:`RegressorConfig`: architecture, backbone, M, crop size, box convention, body model
-that pose/shape refer to, provenance).
+:class:`RegressorConfig`: its :class:`ArchitectureConfig` (architecture, backbone, M, crop
+size, aspect, aggregation, iterations), box convention, body model that pose/shape refer to,
+provenance).
 
 Also loaded directly (always with ``torch.load(weights_only=True)``):
 
@@ -34,7 +35,11 @@ from hmrcli.nn.multiroi import CLIFFRegressor, MultiRoIHMR
 
 __all__ = [
     "CheckpointError",
+    "ArchitectureConfig",
     "RegressorConfig",
+    "ARCHS",
+    "ASPECTS",
+    "AGGREGATIONS",
     "LAYOUTS",
     "read_state_dict",
     "detect_layout",
@@ -62,25 +67,68 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the model it looks like."""
 
 
-@dataclass
-class RegressorConfig:
-    """Everything needed to rebuild a regressor and interpret its outputs.
+#: what an :class:`ArchitectureConfig`'s ``arch``, ``aspect`` and ``aggregation`` may be
+ARCHS = ("multiroi", "cliff")
+ASPECTS = ("rect", "square")
+AGGREGATIONS = ("code", "paper")
 
+
+@dataclass
+class ArchitectureConfig:
+    """The network of a regressor: what :func:`build_model` builds. These fields are declared
+    here only: :class:`RegressorConfig` (a checkpoint's config) adds what interprets the outputs,
+    ``hmrcli.train.config.ModelConfig`` (training) adds where to start and the body model.
+
+    arch: ``multiroi`` or ``cliff`` (the M = 1 baseline); num_rois: M (1..5; cliff: 1);
     crop_hw: crop size in pixels (H, W); aspect: ``rect`` (256x192, b = crop height) or
-    ``square`` (224x224); body_model: the body model its pose/shape refer to (``smpl`` for
-    all published checkpoints: SMPL neutral, 10 betas); aggregation: ``code`` (RoI 0) or
-    ``paper`` (mean fused feature).
+    ``square`` (224x224); aggregation: ``code`` (RoI 0's estimate) or ``paper`` (mean fused
+    feature); n_iter: iterations of the regression.
     """
 
-    arch: str = "multiroi"  # "multiroi" | "cliff"
-    backbone: str = "resnet50"
+    arch: str = "multiroi"  # multiroi | cliff
+    backbone: str = "resnet50"  # resnet50 | hrnet_w48_pose | hrnet_w48_cls | resnet18
     num_rois: int = 5
     crop_hw: tuple[int, int] = (256, 192)
     aspect: str = "rect"
-    box_rescale: float = 1.1
-    body_model: str = "smpl"
     aggregation: str = "code"
     n_iter: int = 3
+
+    def architecture(self) -> dict[str, Any]:
+        """The values of the :class:`ArchitectureConfig` fields (of a subclass too)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ArchitectureConfig)}
+
+    def validate(self, where: str = "<config>") -> None:
+        """Raise CheckpointError naming ``where`` and the field when a value cannot be used."""
+        from hmrcli.nn.backbones import BACKBONES
+
+        if self.arch not in ARCHS:
+            raise _bad(self, where, "arch", " or ".join(ARCHS))
+        if self.backbone not in BACKBONES:
+            raise _bad(self, where, "backbone", f"one of {', '.join(sorted(BACKBONES))}")
+        if not _is_int(self.num_rois) or not 1 <= self.num_rois <= 5:
+            raise _bad(self, where, "num_rois", "an integer 1..5")
+        if self.arch == "cliff" and self.num_rois != 1:
+            raise _bad(self, where, "num_rois", "1 for the cliff architecture")
+        if not all(_is_int(v) and 32 <= v <= 1024 for v in self.crop_hw):
+            raise _bad(self, where, "crop_hw", "two integers 32..1024")
+        if self.aspect not in ASPECTS:
+            raise _bad(self, where, "aspect", " or ".join(ASPECTS))
+        if self.aggregation not in AGGREGATIONS:
+            raise _bad(self, where, "aggregation", " or ".join(AGGREGATIONS))
+        if not _is_int(self.n_iter) or not 1 <= self.n_iter <= 10:
+            raise _bad(self, where, "n_iter", "an integer 1..10")
+
+
+@dataclass
+class RegressorConfig(ArchitectureConfig):
+    """Everything needed to rebuild a regressor and interpret its outputs: its
+    :class:`ArchitectureConfig` and box_rescale (the crop box's margin); body_model: the body
+    model its pose/shape refer to (``smpl`` for all published checkpoints: SMPL neutral, 10
+    betas); provenance: where the weights come from.
+    """
+
+    box_rescale: float = 1.1
+    body_model: str = "smpl"
     format_version: int = 1
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -109,32 +157,16 @@ class RegressorConfig:
 
     def validate(self, where: str = "<config>") -> None:
         """Raise CheckpointError naming ``where`` and the field when a value cannot be used."""
-        from hmrcli.nn.backbones import BACKBONES
-
-        def bad(field: str, want: str) -> CheckpointError:
-            return CheckpointError(f"{where}: {field} must be {want}, got {getattr(self, field)!r}")
-
-        if self.arch not in ("multiroi", "cliff"):
-            raise bad("arch", "multiroi or cliff")
-        if self.backbone not in BACKBONES:
-            raise bad("backbone", f"one of {', '.join(sorted(BACKBONES))}")
-        if not _is_int(self.num_rois) or not 1 <= self.num_rois <= 5:
-            raise bad("num_rois", "an integer 1..5")
-        if self.arch == "cliff" and self.num_rois != 1:
-            raise bad("num_rois", "1 for the cliff architecture")
-        if not all(_is_int(v) and 32 <= v <= 1024 for v in self.crop_hw):
-            raise bad("crop_hw", "two integers 32..1024")
-        if self.aspect not in ("rect", "square"):
-            raise bad("aspect", "rect or square")
+        super().validate(where)
         if not (isinstance(self.box_rescale, (int, float)) and math.isfinite(self.box_rescale)
                 and 0.5 <= self.box_rescale <= 4.0):
-            raise bad("box_rescale", "a finite number 0.5..4")
-        if self.aggregation not in ("code", "paper"):
-            raise bad("aggregation", "code or paper")
-        if not _is_int(self.n_iter) or not 1 <= self.n_iter <= 10:
-            raise bad("n_iter", "an integer 1..10")
+            raise _bad(self, where, "box_rescale", "a finite number 0.5..4")
         if not isinstance(self.body_model, str):
-            raise bad("body_model", "a name (smpl, free)")
+            raise _bad(self, where, "body_model", "a name (smpl, free)")
+
+
+def _bad(cfg: Any, where: str, field: str, want: str) -> CheckpointError:
+    return CheckpointError(f"{where}: {field} must be {want}, got {getattr(cfg, field)!r}")
 
 
 def _is_int(v: Any) -> bool:

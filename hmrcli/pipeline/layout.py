@@ -8,7 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import roma
+import torch
 
 from hmrcli._version import __version__
 from hmrcli.engine.base import PersonEstimate
@@ -25,6 +28,7 @@ from hmrcli.pipeline.options import (
     ERRORS_NAME,
     InferOptions,
 )
+from hmrcli.render import render_overlay
 from hmrcli.sources import ImageSource
 
 _OUR_FILE = re.compile(r"^(person_\d+\.(obj|ply|camera\.json|params\.npz)|overlay\.png|result\.json)$")
@@ -108,9 +112,6 @@ def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, 
     for fmt in opts.mesh_formats:
         atomic_write_bytes(dirpath / f"{stem}.{fmt}", mesh_bytes(verts, engine.body.faces, fmt))
         files.append(f"{stem}.{fmt}")
-    import roma
-    import torch
-
     aa = roma.rotmat_to_rotvec(torch.from_numpy(est.rotmats)).numpy()
     atomic_write_bytes(dirpath / f"{stem}.params.npz", npz_bytes(
         global_orient=aa[0], body_pose=aa[1:].reshape(-1), betas=est.betas, transl=est.cam_t,
@@ -126,10 +127,6 @@ def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, 
 
 def _write_overlay(dirpath: Path, image: np.ndarray, ests: list[PersonEstimate], faces: np.ndarray) -> str:
     """OUT/NAME/overlay.png: every person's mesh rendered over the image (camera frame)."""
-    import cv2
-
-    from hmrcli.render import render_overlay
-
     if ests:
         meshes = [(e.vertices_model + e.cam_t, faces) for e in ests]
         rgb = render_overlay(image, meshes, ests[0].K)

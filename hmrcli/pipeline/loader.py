@@ -6,6 +6,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from hmrcli.detect import detect_sources
 from hmrcli.engine.base import PersonBox, Prepared
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
 from hmrcli.pipeline.options import DEFAULT_MAX_PERSONS, InferOptions
-from hmrcli.sources import ImageSource, read_image
+from hmrcli.sources import ImageSource, exif_focal_px, read_image
 
 
 class _Prefetch:
@@ -27,8 +28,6 @@ class _Prefetch:
     out of order would make it re-open and seek). ``workers`` 0: decode in the caller."""
 
     def __init__(self, workers: int, ahead: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.workers = max(0, int(workers))
         self.ahead = max(1, int(ahead))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hmrcli-decode") if self.workers else None
@@ -40,8 +39,6 @@ class _Prefetch:
             return None
         if getattr(src, "video", None) is not None:
             if self._video_pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
                 self._video_pool = ThreadPoolExecutor(1, thread_name_prefix="hmrcli-video")
             return self._video_pool.submit(read_image, src)
         return self._pool.submit(read_image, src)
@@ -88,8 +85,6 @@ def _camera_for(src: ImageSource, image: np.ndarray, opts: InferOptions) -> Came
     if opts.focal:
         return CameraIntrinsics(float(opts.focal), pp, "--focal" + pp_note)
     if opts.exif_focal and getattr(src, "video", None) is None:
-        from hmrcli.sources import exif_focal_px
-
         h, w = image.shape[:2]
         got = exif_focal_px(src.path, w, h)
         if got is not None and got[0] is not None:

@@ -2,9 +2,9 @@
 
 Before an image is read, its worker takes an exclusive ``flock`` on
 ``OUT/.hmrcli-locks/<digest of NAME>.lock`` without waiting. An image whose lock another
-process holds is left to that process (counted as skipped, with the reason); an image whose
-``result.json`` another process wrote with the same settings after this run made its plan
-is not done twice. So two identical runs started together into one ``OUT`` split the
+process holds is left to that process (counted as skipped, with the reason); an image that
+another process recorded in the manifest as finished with the same settings after this run
+made its plan (:class:`ManifestTail`) is not done twice. So two identical runs started together into one ``OUT`` split the
 images between them instead of both doing all the work, and N processes of one job
 (e.g. a farm's job array without ``--shard``) share the work dynamically.
 
@@ -72,14 +72,36 @@ class ImageLocks:
             os.close(fd)
 
 
-def finished_elsewhere(out: Path, name: str, sid: str, since_ns: int) -> bool:
-    """True when ``OUT/NAME/result.json`` says it was made with settings ``sid`` and was
-    written after ``since_ns`` (the time this run made its plan): another process finished
-    the image meanwhile."""
-    p = Path(out) / name / "result.json"
-    try:
-        if p.stat().st_mtime_ns < since_ns:
-            return False
-        return json.loads(p.read_text(encoding="utf-8")).get("settings_id") == sid
-    except (OSError, ValueError, AttributeError):
-        return False
+class ManifestTail:
+    """The image lines other processes append to ``OUT/manifest.jsonl`` during this run: read
+    incrementally from the manifest's size when the plan was made (``offset``), so each check
+    reads only what is new. Only whole lines count (a line being written is read next time)."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.path, self.offset = Path(path), int(offset)
+        self._done: dict[str, str] = {}
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        for raw in data[:end].split(b"\n"):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue  # a torn line (a killed writer)
+            if isinstance(rec, dict) and rec.get("kind") == "image" and "name" in rec:
+                self._done[str(rec["name"])] = str(rec.get("settings_id"))
+        self.offset += end + 1
+
+    def finished(self, name: str, sid: str) -> bool:
+        """Whether a process recorded image ``name`` as finished with settings ``sid`` since
+        the plan was made."""
+        self._read()
+        return self._done.get(name) == sid

@@ -15,6 +15,7 @@ from hmrcli.assets import sha256_file
 from hmrcli.files import json_text, write_all
 from hmrcli.pipeline.options import MANIFEST_NAME, MANIFEST_SCHEMA, InferOptions
 from hmrcli.sources import ImageSource
+from hmrcli.weights.catalogue import resolve_checkpoint
 
 
 def _canonical(obj: Any) -> Any:
@@ -74,6 +75,7 @@ class Manifest:
         self.images: dict[str, dict[str, Any]] = {}
         self.file_cache: dict[tuple[str, int, int], str] = {}
         self.bad_lines = 0
+        self.size_read = 0  # bytes of the file read (its size when it was read)
         self._fd: int | None = None
         self._needs_newline = False
         self._read(set(names) if names is not None else None)
@@ -107,6 +109,7 @@ class Manifest:
                     if wanted is None or rec["name"] in wanted:
                         self.images[str(rec["name"])] = rec
             self._needs_newline = last != b"\n"
+            self.size_read = f.tell()
 
     def file_sha256(self, path: str | os.PathLike) -> dict[str, Any]:
         """``{"path", "size", "mtime_ns", "sha256"}`` of a file, hashed only when the manifest
@@ -164,8 +167,6 @@ def run_settings(engine: Any, opts: InferOptions, detector: Any,
     ckpt_sha = None
     if opts.checkpoint:
         try:
-            from hmrcli.weights.catalogue import resolve_checkpoint
-
             ckpt_sha = sha_of(resolve_checkpoint(opts.checkpoint))
         except Exception:
             ckpt_sha = None

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hmrcli.detect import detection_summary
 from hmrcli.detect.whole_image import WholeImageDetector
 from hmrcli.pipeline.manifest import Manifest, _given_boxes, run_settings
 from hmrcli.pipeline.options import InferOptions, InferSummary, StopRequest
@@ -98,13 +99,11 @@ class _Worker:
 
     @property
     def where(self) -> dict[str, Any]:
-        import ray
+        import ray  # optional dependency (the [ray] extra)
 
         return {"host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def ready(self) -> dict[str, Any]:
-        from hmrcli.detect import detection_summary
-
         if self.error is not None:
             return {**self.where, "error": self.error}
         return {**self.where, "device": str(getattr(self.engine, "device", "cpu")), "detector": detection_summary(self.detector),
@@ -122,7 +121,7 @@ class _Worker:
     def given_boxes(self, sources: list[ImageSource]) -> list[Any]:
         return [_given_boxes(s, self.detector) for s in sources]
 
-    def run_chunk(self, sources: list[ImageSource], sid: str, planned_ns: int) -> tuple[list[Outcome], str | None]:
+    def run_chunk(self, sources: list[ImageSource], sid: str, manifest_offset: int) -> tuple[list[Outcome], str | None]:
         stop = StopRequest()
         with self._lock:
             self._stop = stop
@@ -130,7 +129,7 @@ class _Worker:
                 stop.request(self._stop_reason)
         outcomes: list[Outcome] = []
         interrupted = execute(sources, self.engine, self.opts, self.detector, sid, outcomes.append, stop,
-                              planned_ns)
+                              manifest_offset)
         for o in outcomes:
             if isinstance(o, ImageDone):
                 o.worker = self.where
@@ -241,7 +240,7 @@ def run_inference_ray(
                         {**run_info, "executor": "ray", "ray_workers": n})
         try:
             recorder = Recorder(plan, opts, emit)
-            interrupted = _schedule(ray, actors, plan.todo, (plan.settings_id, plan.started_ns), recorder, stop, chunk_images or
+            interrupted = _schedule(ray, actors, plan.todo, (plan.settings_id, plan.manifest_offset), recorder, stop, chunk_images or
                                     max(1, min(int(opts.images_per_step), math.ceil(len(plan.todo) / (2 * n)) or 1)),
                                     emit)
         finally:
@@ -284,7 +283,7 @@ def _schedule(ray, actors: list[Any], todo: list[ImageSource], sid: tuple[str, i
     recorder. A worker whose task failed because it died (``ActorUnavailableError`` while Ray
     restarts it, ``ActorDiedError`` when it gives up) gets no task until a ping says it is back;
     its chunk is given out once more. Returns why the run was interrupted."""
-    from ray.exceptions import (
+    from ray.exceptions import (  # optional dependency (the [ray] extra)
         ActorDiedError,
         ActorUnavailableError,
         RayActorError,

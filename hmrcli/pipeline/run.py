@@ -30,7 +30,7 @@ from hmrcli.pipeline.layout import (
     _write_person,
 )
 from hmrcli.pipeline.loader import _Job, _Loader
-from hmrcli.pipeline.locks import ImageLocks, finished_elsewhere
+from hmrcli.pipeline.locks import ImageLocks, ManifestTail
 from hmrcli.pipeline.manifest import (
     Manifest,
     _given_boxes,
@@ -40,6 +40,7 @@ from hmrcli.pipeline.manifest import (
     settings_id,
 )
 from hmrcli.pipeline.options import (
+    MANIFEST_NAME,
     MAX_SUMMARY_ERRORS,
     RESULT_SCHEMA,
     InferOptions,
@@ -163,7 +164,7 @@ class RunPlan:
 
     out: Path
     todo: list[ImageSource]
-    started_ns: int  # when the plan was made (time.time_ns())
+    manifest_offset: int  # the manifest's size when the plan was made (bytes)
     fingerprints: dict[str, dict[str, Any]]
     settings: dict[str, Any]
     hashed: list[dict[str, Any]]
@@ -188,7 +189,6 @@ def plan_run(sources: list[ImageSource], opts: InferOptions,
     if inside:  # e.g. `infer photos --out photos/meshes`: our own overlays are never inputs
         emit({"event": "note", "left_out": inside, "message": f"{inside} input(s) inside the output folder {out} "
                                                              "left out (hmrcli never reads from its output tree)"})
-    started_ns = time.time_ns()
     summ = InferSummary(images=len(sources))
     man = Manifest(out, names=[s.name for s in sources])
     settings, hashed = settings_of(man)
@@ -211,7 +211,7 @@ def plan_run(sources: list[ImageSource], opts: InferOptions,
         todo.append(src)
     for why, n in reasons.items():
         emit({"event": "redo", "images": n, "reason": why})
-    return RunPlan(out, todo, started_ns, fps, settings, hashed, sid, dict(run_info or {}), summ, man)
+    return RunPlan(out, todo, man.size_read, fps, settings, hashed, sid, dict(run_info or {}), summ, man)
 
 
 class Recorder:
@@ -301,7 +301,7 @@ def run_inference(
     summ = plan.summary
     try:
         interrupted = execute(plan.todo, engine, opts, detector, plan.settings_id, Recorder(plan, opts, emit), stop,
-                              plan.started_ns)
+                              plan.manifest_offset)
     finally:
         plan.manifest.close()
     summ.interrupted = interrupted
@@ -311,7 +311,7 @@ def run_inference(
 
 def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: Any, sid: str,
             record: Callable[[Outcome], None], stop: StopRequest | None = None,
-            planned_ns: int | None = None) -> str | None:
+            manifest_offset: int | None = None) -> str | None:
     """The execute step of a run: loader thread -> ``engine.run`` on batches -> the files of
     each image under ``opts.out``; each image's :class:`ImageDone` / :class:`ImageFailed`
     goes to ``record`` (from this thread, in completion order). Writes only ``OUT/NAME/``
@@ -321,13 +321,14 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
     thread has been joined.
 
     Each image is locked before it is read (:mod:`hmrcli.pipeline.locks`); one whose lock
-    another process holds, or that another process finished with settings ``sid`` after
-    ``planned_ns`` (default: now), is an :class:`ImageSkipped`."""
+    another process holds, or that the manifest records as finished with settings ``sid``
+    beyond ``manifest_offset`` (its size when the plan was made; default: now), is an
+    :class:`ImageSkipped`."""
     out = Path(opts.out)
     engine_name = getattr(engine, "name", "engine")
     interrupted: str | None = None
     locks = ImageLocks(out)
-    since = time.time_ns() if planned_ns is None else planned_ns
+    tail = ManifestTail(out / MANIFEST_NAME, _size(out / MANIFEST_NAME) if manifest_offset is None else manifest_offset)
 
     def claim(src: ImageSource) -> str | None:  # (loader thread)
         try:
@@ -335,7 +336,7 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
                 return "another hmrcli process sharing the output folder is doing it"
         except OSError:
             return None  # no lock file (e.g. a read-only lock folder): work unlocked, as before locks
-        if finished_elsewhere(out, src.name, sid, since):
+        if tail.finished(src.name, sid):
             locks.release(src.name)
             return "another hmrcli process sharing the output folder finished it during this run"
         return None
@@ -379,7 +380,7 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
                 "schema": RESULT_SCHEMA, "image": str(src.path), "name": src.name, "persons": len(kept),
                 "person_indices": [k for k, _ in kept], "problems": problems, "files": files,
                 "engine": engine.name, "checkpoint": opts.checkpoint, "mesh_frame": opts.mesh_frame,
-                "settings_id": sid, "hmrcli": __version__,
+                "hmrcli": __version__,
             }, indent=1))
         except Exception as e:
             _remove_files(d, files)
@@ -466,6 +467,13 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
     if fatal is not None:
         raise fatal
     return interrupted
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _takes_stop(engine: Any) -> bool:

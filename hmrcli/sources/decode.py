@@ -21,11 +21,9 @@ from hmrcli.sources.base import (
     ImageSource,
 )
 from hmrcli.sources.probe import (
-    _jpeg_header,
-    _png_chunk,
-    _webp_chunk,
     apply_orientation,
-    exif_orientation,
+    image_orientation,
+    jpeg_scan_offset,
     probe_image,
 )
 
@@ -68,10 +66,15 @@ def decode_image(data: bytes | np.ndarray, file: str | os.PathLike = "<bytes>", 
     import cv2
 
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
-    buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    if isinstance(data, np.ndarray):
+        buf = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        raw = buf.tobytes()  # the headers are read from bytes: one copy of an array given
+    else:
+        raw = bytes(data)  # no copy of bytes
+        buf = np.frombuffer(raw, dtype=np.uint8)
     if buf.size == 0:
         raise ImageReadError(file, "empty file (0 bytes)")
-    info = probe_image(buf)
+    info = probe_image(raw)
     if info.kind == "video":
         raise ImageReadError(file, f"a video ({info.format}) that OpenCV cannot open or that has no frames; "
                                    "check `hmrcli doctor` for FFmpeg support, or convert it (e.g. to H.264 MP4)")
@@ -84,9 +87,11 @@ def decode_image(data: bytes | np.ndarray, file: str | os.PathLike = "<bytes>", 
                                    f"({info.width * info.height / 1e6:.0f} megapixels) is over the limit of "
                                    f"{limit / 1e6:g} megapixels (HMRCLI_MAX_PIXELS); downscale it first")
     if info.format == "jpeg":
-        mv = memoryview(buf)
-        _, _, scan = _jpeg_header(mv)
-        if scan < 0 or (bytes(mv[-2:]) != b"\xff\xd9" and bytes(mv[scan:]).find(b"\xff\xd9") < 0):
+        try:
+            scan = jpeg_scan_offset(raw)
+        except ValueError as e:
+            raise ImageReadError(file, f"truncated or corrupt JPEG (cannot read its header: {e})") from None
+        if raw[-2:] != b"\xff\xd9" and raw.find(b"\xff\xd9", scan) < 0:
             raise ImageReadError(file, "truncated or corrupt JPEG (no end-of-image marker)")
     unchanged = info.alpha and info.format in ("png", "webp")
     try:
@@ -112,14 +117,10 @@ def decode_image(data: bytes | np.ndarray, file: str | os.PathLike = "<bytes>", 
         rgb = _composite(img)
     else:
         rgb = cv2.cvtColor(_to8(img[..., :3]), cv2.COLOR_BGR2RGB)
-    mv = memoryview(buf)
-    exif = _png_chunk(mv, b"eXIf") if info.format == "png" else _webp_chunk(mv, b"EXIF")
-    if exif:
-        rgb = apply_orientation(rgb, exif_orientation(exif))
-    return np.ascontiguousarray(rgb)
+    return np.ascontiguousarray(apply_orientation(rgb, image_orientation(raw)))
 
 
-def _read_bytes(path: Path) -> np.ndarray:
+def _read_bytes(path: Path) -> bytes:
     try:
         st = os.stat(path)
     except OSError as e:
@@ -136,7 +137,8 @@ def _read_bytes(path: Path) -> np.ndarray:
         if st.st_size > MAX_FILE_BYTES:
             raise ImageReadError(path, f"file too large ({st.st_size / 2**20:.0f} MiB > {MAX_FILE_BYTES / 2**20:.0f} MiB)")
         try:
-            return np.fromfile(path, dtype=np.uint8)
+            with open(path, "rb") as f:
+                return f.read()
         except OSError as e:
             raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
     # a FIFO, socket or device: refused without opening it (opening a FIFO blocks until a writer

@@ -1,12 +1,32 @@
-"""Content probing from the first bytes: format, size, EXIF orientation and focal length (refuses bombs before decoding)."""
+"""Content probing: format, header size, alpha, EXIF orientation and focal length from a file's
+headers, never its pixels (too large images are refused before decoding).
+
+Pillow reads the headers and EXIF: its image readers parse a header and stop (pixels are decoded
+only by ``load()``, never called here) and ``Image.Exif`` parses EXIF. The readers are called
+directly, not through ``Image.open``, which adds Pillow's own bomb limit (a warning above
+``Image.MAX_IMAGE_PIXELS``, an error above twice that): the size must be seen whatever it is, to
+be checked against ``HMRCLI_MAX_PIXELS``. By hand, only what Pillow cannot do:
+
+* what is no image to Pillow: videos (MP4/MOV, AVI, MKV, ...), HEIF/AVIF (told apart from MP4 by
+  the ``ftyp`` brand: OpenCV decodes neither), text and JSON records;
+* headers Pillow has no reader for, of formats OpenCV decodes: PAM, PFM, Radiance HDR, OpenEXR;
+* WebP: Pillow's only WebP reader is libwebp's decoder, which copies the whole file and allocates
+  the whole canvas on opening; the VP8/VP8L/VP8X header and the RIFF chunks are read here;
+* a PNG's chunks after the image data (an eXIf may be there), which Pillow reads only by decoding,
+  and the header of a PNG or TIFF that Pillow's reader refuses but OpenCV decodes: walked with
+  Pillow's chunk and tag readers (:func:`_png_walk`, :func:`_tiff_size`).
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import IO, Any
 
 import numpy as np
 
@@ -16,7 +36,7 @@ class ImageInfo:
     """What the first bytes of a file say. ``kind``: "image", "video", "heif", "text",
     "records" (JSON text) or None (unknown binary). ``format``: "png", "jpeg", ... for images
     ("mp4", "avi", ... for videos). ``width``/``height``: from the image header, before EXIF
-    orientation (0 when not parsed). ``alpha``: the image may have an alpha channel."""
+    orientation (0 when not read). ``alpha``: the image may have an alpha channel."""
 
     kind: str | None
     format: str | None = None
@@ -24,6 +44,8 @@ class ImageInfo:
     height: int = 0
     alpha: bool = False
 
+
+# --------------------------------------------------------------------------- by hand: not images to Pillow
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis", b"mif2"}
 
@@ -62,67 +84,193 @@ def _is_text(h: bytes) -> bool:
         return e.start >= len(h) - 3  # a multi-byte character cut at the end
 
 
-def probe_image(data: bytes | memoryview | np.ndarray) -> ImageInfo:
-    """Recognise an image (format, header size, alpha) or a video from a file's first bytes
-    (all of a JPEG's bytes up to its frame header are needed for its size)."""
-    if not isinstance(data, (bytes, memoryview)):
-        data = memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
-    h = bytes(data[:4096])
-    try:
-        return _probe(h, data)
-    except (struct.error, IndexError, ValueError):
-        return ImageInfo("image", None)  # a recognised magic with a garbled header: let the decoder say
-
-
-def _probe(h: bytes, data: Any) -> ImageInfo:
-    if h[:8] == b"\x89PNG\r\n\x1a\n":
-        w, hh = struct.unpack(">II", h[16:24]) if h[12:16] == b"IHDR" else (0, 0)
-        color = h[25] if len(h) > 25 else 0
-        alpha = color in (4, 6) or _png_chunk(data, b"tRNS", stop=b"IDAT") is not None
-        return ImageInfo("image", "png", w, hh, alpha)
-    if h[:3] == b"\xff\xd8\xff":
-        w, hh, _ = _jpeg_header(data)
-        return ImageInfo("image", "jpeg", w, hh)
-    if h[:6] in (b"GIF87a", b"GIF89a"):
-        w, hh = struct.unpack("<HH", h[6:10])
-        return ImageInfo("image", "gif", w, hh)
-    if h[:2] == b"BM" and len(h) >= 26:
-        dib = struct.unpack("<I", h[14:18])[0]
-        if dib == 12:
-            w, hh = struct.unpack("<HH", h[18:22])
-            return ImageInfo("image", "bmp", w, hh)
-        if dib in (40, 52, 56, 64, 108, 124):
-            w, hh = struct.unpack("<ii", h[18:26])
-            return ImageInfo("image", "bmp", abs(w), abs(hh))
-    if h[:4] == b"RIFF" and h[8:12] == b"WEBP":
-        return _webp_info(data)
-    if h[:4] in (b"II*\x00", b"MM\x00*"):
-        w, hh = _tiff_size(data)
-        return ImageInfo("image", "tiff", w, hh)
-    if h[:4] in (b"II+\x00", b"MM\x00+"):
-        return ImageInfo("image", "tiff")  # BigTIFF: size checked after decoding
-    if len(h) >= 3 and h[0:1] == b"P" and h[1:2] in b"1234567" and h[2:3] in b" \t\r\n":
-        return _pnm_info(h)
+def _pillowless_image(h: bytes) -> ImageInfo | None:
+    """Headers Pillow has no reader for: PAM, PFM (Pillow reads only its own grey variant),
+    Radiance HDR, OpenEXR (recognised only)."""
+    if h[:2] == b"P7" and len(h) >= 3 and h[2:3] in b" \t\r\n":
+        w = re.search(rb"\nWIDTH\s+(\d+)", h)
+        hh = re.search(rb"\nHEIGHT\s+(\d+)", h)
+        a = re.search(rb"\nTUPLTYPE\s+\S*_ALPHA", h)
+        return ImageInfo("image", "pam", int(w.group(1)) if w else 0, int(hh.group(1)) if hh else 0, bool(a))
     if h[:3] in (b"PF\n", b"Pf\n", b"PF\r", b"Pf\r"):
         tok = h[3:64].split()
         return ImageInfo("image", "pfm", int(tok[0]), int(tok[1]))
     if h[:10] == b"#?RADIANCE" or h[:6] == b"#?RGBE":
         m = re.search(rb"\n\n([-+])Y (\d+) ([-+])X (\d+)", h)
         return ImageInfo("image", "hdr", int(m.group(4)), int(m.group(2))) if m else ImageInfo("image", "hdr")
-    if h[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":
-        i = h.find(b"ihdr")
-        if i >= 0:
-            hh, w = struct.unpack(">II", h[i + 4:i + 12])
-            return ImageInfo("image", "jp2", w, hh)
-        return ImageInfo("image", "jp2")
-    if h[:4] == b"\xff\x4f\xff\x51":
-        xs, ys, xo, yo = struct.unpack(">IIII", h[8:24])
-        return ImageInfo("image", "j2k", xs - xo, ys - yo)
-    if h[:4] == b"\x59\xa6\x6a\x95":
-        w, hh = struct.unpack(">II", h[4:12])
-        return ImageInfo("image", "sunraster", w, hh)
     if h[:4] == b"\x76\x2f\x31\x01":
         return ImageInfo("image", "exr")
+    return None
+
+
+def _is_webp(h: bytes) -> bool:
+    return h[:4] == b"RIFF" and h[8:12] == b"WEBP"
+
+
+def _webp_info(h: bytes) -> ImageInfo:
+    """Size and alpha flag from a WebP's first chunk header (VP8X, lossless VP8L or lossy VP8)."""
+    chunk = h[12:16]
+    if chunk == b"VP8X":
+        w = 1 + int.from_bytes(h[24:27], "little")
+        hh = 1 + int.from_bytes(h[27:30], "little")
+        return ImageInfo("image", "webp", w, hh, bool(h[20] & 0x10))
+    if chunk == b"VP8L":
+        bits = int.from_bytes(h[21:25], "little")
+        return ImageInfo("image", "webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool((bits >> 28) & 1))
+    if chunk == b"VP8 ":
+        w, hh = struct.unpack("<HH", h[26:30])
+        return ImageInfo("image", "webp", w & 0x3FFF, hh & 0x3FFF)
+    return ImageInfo("image", "webp")
+
+
+def _webp_chunk(fp: IO[bytes], want: bytes) -> bytes | None:
+    """The payload of a WebP's first RIFF chunk of type ``want`` (None when absent)."""
+    size = fp.seek(0, io.SEEK_END)
+    fp.seek(4)
+    end = min(size, 8 + int.from_bytes(fp.read(4), "little"))
+    i = 12
+    while i + 8 <= end:
+        fp.seek(i)
+        head = fp.read(8)
+        length = int.from_bytes(head[4:8], "little")
+        if head[:4] == want:
+            return fp.read(min(length, end - i - 8))
+        i += 8 + length + (length & 1)
+    return None
+
+
+# --------------------------------------------------------------------------- through Pillow
+
+#: formats whose headers Pillow reads: Pillow's name -> (ours, Pillow's plugin module). JPEG 2000:
+#: "jp2", or "j2k" for a bare codestream
+_PILLOW_FORMATS = {"PNG": ("png", "Png"), "JPEG": ("jpeg", "Jpeg"), "GIF": ("gif", "Gif"), "BMP": ("bmp", "Bmp"),
+                   "TIFF": ("tiff", "Tiff"), "PPM": ("pnm", "Ppm"), "JPEG2000": ("jp2", "Jpeg2K"),
+                   "SUN": ("sunraster", "Sun")}
+#: ... whose two-letter magic a text may start with: recognised only when Pillow reads the header
+_WEAK_MAGIC = {"BMP", "PPM"}
+
+
+@lru_cache(maxsize=None)
+def _pillow_readers() -> tuple[tuple[str, Any, Any], ...]:
+    """(format, reader class, magic test) of Pillow's plugins for :data:`_PILLOW_FORMATS`. JPEG:
+    the plain reader, not ``Image.open``'s factory (which also reads an MPO's frame index and
+    seeks to its first frame): it stops just after the first SOS segment."""
+    import importlib
+
+    from PIL import Image, JpegImagePlugin
+
+    out = []
+    for fmt, (_, module) in _PILLOW_FORMATS.items():
+        importlib.import_module(f"PIL.{module}ImagePlugin")  # registers its reader in Image.OPEN
+        cls, accept = Image.OPEN[fmt]
+        out.append((fmt, JpegImagePlugin.JpegImageFile if fmt == "JPEG" else cls, accept))
+    return tuple(out)
+
+
+def _pillow_open(fp: IO[bytes]) -> tuple[str | None, Any]:
+    """(Pillow format, image) when a reader of :func:`_pillow_readers` reads the header; (format,
+    None) when the magic is that format's but its reader refuses the header (damaged, truncated,
+    or a variant Pillow does not read); (None, None) when no reader knows the magic."""
+    fp.seek(0)
+    prefix = fp.read(16)
+    for fmt, cls, accept in _pillow_readers():
+        if accept is not None and accept(prefix) is True:
+            fp.seek(0)
+            try:
+                return fmt, cls(fp)
+            except Exception:  # whatever a damaged header makes a reader raise
+                return fmt, None
+    return None, None
+
+
+def _png_walk(fp: IO[bytes]) -> tuple[ImageInfo, bytes | None, bool]:
+    """A PNG's chunks through Pillow's chunk reader, seeking over the data: (size and alpha per
+    its IHDR and a tRNS before the data, the eXIf payload, whether text chunks follow the data).
+    For what Pillow's PNG reader does not give: the chunks after the data (it reads them only by
+    decoding) and the header of a file it refuses but libpng decodes (a bad checksum in an
+    ancillary chunk, an ICC profile over Pillow's size limit), whose size must still be checked."""
+    from PIL import ImageFile, PngImagePlugin
+
+    stream = PngImagePlugin.PngStream(fp)
+    size, alpha, exif, text, data = (0, 0), False, None, False, False
+    fp.seek(8)
+    try:
+        while True:
+            cid, pos, length = stream.read()
+            if cid == b"IHDR":
+                stream.call(cid, pos, length)
+                size, alpha = stream.im_size, alpha or getattr(stream, "im_mode", None) in ("RGBA", "LA")
+            elif cid == b"tRNS" and not data:
+                alpha = True
+            elif cid == b"eXIf" and exif is None:
+                exif = ImageFile._safe_read(fp, length)
+            elif cid == b"IEND":
+                break
+            data = data or cid == b"IDAT"
+            text = text or (data and cid in (b"tEXt", b"zTXt", b"iTXt"))
+            fp.seek(pos + length + 4)  # the data and its CRC
+    except Exception:  # a damaged or missing chunk header ends the walk
+        pass
+    return ImageInfo("image", "png", size[0], size[1], alpha), exif, text
+
+
+def _tiff_size(fp: IO[bytes]) -> tuple[int, int]:
+    """Width and height tags of a TIFF's first IFD, read with Pillow's tag reader (for a TIFF whose
+    sample layout Pillow's image reader refuses but OpenCV decodes, e.g. float RGB)."""
+    from PIL import TiffImagePlugin
+
+    fp.seek(0)
+    head = fp.read(8)
+    if 0x2B in head[2:4]:  # BigTIFF: a 16-byte header
+        head += fp.read(8)
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
+    fp.seek(ifd.next)
+    ifd.load(fp)
+    w, h = ifd.get(256, 0), ifd.get(257, 0)
+    return (w, h) if isinstance(w, int) and isinstance(h, int) else (0, 0)
+
+
+def _pillow_info(data: bytes) -> ImageInfo | None:
+    """What Pillow's header readers say of ``data``; None when none of them knows it."""
+    fp = io.BytesIO(data)  # shares ``data``: no copy
+    fmt, im = _pillow_open(fp)
+    if fmt is None or (im is None and fmt in _WEAK_MAGIC):
+        return None
+    name = "j2k" if fmt == "JPEG2000" and data[:4] == b"\xff\x4f\xff\x51" else _PILLOW_FORMATS[fmt][0]
+    if im is None:  # a header Pillow's reader refuses: its size if Pillow's lower readers get it
+        if fmt == "PNG":
+            return _png_walk(fp)[0]
+        try:
+            return ImageInfo("image", name, *_tiff_size(fp)) if fmt == "TIFF" else ImageInfo("image", name)
+        except Exception:  # a damaged IFD
+            return ImageInfo("image", name)
+    if fmt == "PPM" and data[1:2] not in (b"1", b"2", b"3", b"4", b"5", b"6"):
+        return None  # Pillow's own PPM variants (P0CMYK, PyP, ...): not for OpenCV
+    w, h = im.size
+    if fmt == "TIFF":  # Pillow's TIFF size is after orientation 5-8 (swapped): ours is the stored one
+        w, h = im.tag_v2.get(256, w), im.tag_v2.get(257, h)
+    alpha = fmt == "PNG" and (im.mode in ("RGBA", "LA") or "transparency" in im.info)
+    return ImageInfo("image", name, w, h, alpha)
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def probe_image(data: bytes | memoryview | np.ndarray) -> ImageInfo:
+    """Recognise an image (format, header size, alpha) or a video from a file's first bytes
+    (a JPEG's size needs all of its bytes up to its first scan; read in place from ``bytes``,
+    other buffers are copied)."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1).tobytes()
+    data = bytes(data)
+    h = data[:4096]
+    try:
+        info = _webp_info(h) if _is_webp(h) else _pillowless_image(h)
+    except (struct.error, IndexError, ValueError):
+        return ImageInfo("image", None)  # a recognised magic with a garbled header: let the decoder say
+    info = info or _pillow_info(data)
+    if info is not None:
+        return info
     if len(h) >= 12 and h[4:8] == b"ftyp" and h[8:12] in _HEIF_BRANDS:
         return ImageInfo("heif", "avif" if h[8:12] in (b"avif", b"avis") else "heic")
     v = _video_kind(h)
@@ -133,120 +281,84 @@ def _probe(h: bytes, data: Any) -> ImageInfo:
     return ImageInfo(None)
 
 
-def _png_chunk(data: Any, want: bytes, stop: bytes = b"IEND") -> bytes | None:
-    """The payload of the first PNG chunk of type ``want`` before a ``stop`` chunk (None when absent)."""
-    n = len(data)
-    i = 8
-    while i + 8 <= n:
-        length = int.from_bytes(bytes(data[i:i + 4]), "big")
-        typ = bytes(data[i + 4:i + 8])
-        if typ == want:
-            return bytes(data[i + 8:i + 8 + length])
-        if typ == stop or typ == b"IEND":
-            break
-        i += 12 + length
-    return None
+def jpeg_scan_offset(data: bytes) -> int:
+    """Offset of a JPEG's first scan data (just after its SOS segment), where Pillow's JPEG header
+    reader stops. Raises ValueError (with Pillow's reason) when the header cannot be read:
+    truncated before the first scan, damaged, or a variant Pillow does not read (12-bit)."""
+    from PIL import JpegImagePlugin
+
+    fp = io.BytesIO(data)
+    try:
+        JpegImagePlugin.JpegImageFile(fp)
+    except Exception as e:
+        raise ValueError(str(e) or type(e).__name__) from None
+    return fp.tell()
 
 
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _jpeg_header(data: Any) -> tuple[int, int, int]:
-    """(width, height, offset of the first scan's data or -1) by walking the JPEG markers."""
-    n = len(data)
-    i = 2
-    w = hh = 0
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return w, hh, -1  # not at a marker: corrupt
-        m = data[i + 1]
-        if m == 0xFF:  # fill byte
-            i += 1
-            continue
-        if m in (0xD8, 0x01) or 0xD0 <= m <= 0xD7:
-            i += 2
-            continue
-        length = (data[i + 2] << 8) | data[i + 3]
-        if m in _SOF and i + 9 <= n:
-            hh = (data[i + 5] << 8) | data[i + 6]
-            w = (data[i + 7] << 8) | data[i + 8]
-        if m == 0xDA:
-            return w, hh, i + 2 + length
-        if m == 0xD9:
-            return w, hh, -1
-        i += 2 + length
-    return w, hh, -1
-
-
-def _webp_info(data: Any) -> ImageInfo:
-    h = bytes(data[:64])
-    chunk = h[12:16]
-    if chunk == b"VP8X":
-        flags = h[20]
-        w = 1 + int.from_bytes(h[24:27], "little")
-        hh = 1 + int.from_bytes(h[27:30], "little")
-        return ImageInfo("image", "webp", w, hh, bool(flags & 0x10))
-    if chunk == b"VP8L":
-        bits = int.from_bytes(h[21:25], "little")
-        return ImageInfo("image", "webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool((bits >> 28) & 1))
-    if chunk == b"VP8 ":
-        w, hh = struct.unpack("<HH", h[26:30])
-        return ImageInfo("image", "webp", w & 0x3FFF, hh & 0x3FFF)
-    return ImageInfo("image", "webp")
-
-
-def _tiff_ifd0(t: Any) -> tuple[str, list[tuple[int, int, int, bytes]]]:
-    """Entries (tag, type, count, 4-byte value field) of a TIFF structure's first IFD."""
-    end = "<" if bytes(t[:2]) == b"II" else ">"
-    off = struct.unpack(end + "I", bytes(t[4:8]))[0]
-    count = struct.unpack(end + "H", bytes(t[off:off + 2]))[0]
-    out = []
-    for k in range(min(count, 512)):
-        e = bytes(t[off + 2 + 12 * k: off + 14 + 12 * k])
-        if len(e) < 12:
-            break
-        tag, typ, cnt = struct.unpack(end + "HHI", e[:8])
-        out.append((tag, typ, cnt, e[8:12]))
-    return end, out
-
-
-def _tiff_value(end: str, typ: int, val: bytes) -> int:
-    return struct.unpack(end + "H", val[:2])[0] if typ == 3 else struct.unpack(end + "I", val)[0]
-
-
-def _tiff_size(data: Any) -> tuple[int, int]:
-    end, entries = _tiff_ifd0(data)
-    vals = {tag: _tiff_value(end, typ, val) for tag, typ, cnt, val in entries if tag in (256, 257) and typ in (3, 4)}
-    return vals.get(256, 0), vals.get(257, 0)
-
-
-def _pnm_info(h: bytes) -> ImageInfo:
-    if h[1:2] == b"7":
-        w = re.search(rb"\nWIDTH\s+(\d+)", h)
-        hh = re.search(rb"\nHEIGHT\s+(\d+)", h)
-        a = re.search(rb"\nTUPLTYPE\s+\S*_ALPHA", h)
-        return ImageInfo("image", "pam", int(w.group(1)) if w else 0, int(hh.group(1)) if hh else 0, bool(a))
-    text = re.sub(rb"#[^\n]*", b" ", h[2:256])
-    tok = text.split()
-    return ImageInfo("image", "pnm", int(tok[0]), int(tok[1]))
+# --------------------------------------------------------------------------- EXIF
 
 
 def exif_orientation(tiff: bytes) -> int:
-    """The Orientation tag (1..8) of a TIFF-structured EXIF block (1 when absent or bad)."""
+    """The Orientation tag (1..8) of a TIFF-structured EXIF block, with or without its
+    ``Exif\\0\\0`` header (1 when absent or bad), read by Pillow's ``Image.Exif``."""
+    from PIL import Image
+
     try:
-        tiff = bytes(tiff)
-        if tiff[:6] == b"Exif\x00\x00":
-            tiff = tiff[6:]
-        if tiff[:4] not in (b"II*\x00", b"MM\x00*"):
-            return 1
-        end, entries = _tiff_ifd0(tiff)
-        for tag, typ, cnt, val in entries:
-            if tag == 0x0112 and typ == 3:
-                o = struct.unpack(end + "H", val[:2])[0]
-                return o if 1 <= o <= 8 else 1
-    except (struct.error, IndexError):
-        pass
-    return 1
+        exif = Image.Exif()
+        exif.load(bytes(tiff))
+        o = exif.get(0x0112, 1)
+    except Exception:  # not a TIFF structure, or a damaged one
+        return 1
+    if isinstance(o, tuple):
+        o = o[0] if o else 1
+    return o if isinstance(o, int) and 1 <= o <= 8 else 1
+
+
+def _exif_of(fp: IO[bytes]) -> tuple[str | None, Any, bytes | None, bool]:
+    """(format, Pillow's image or None, raw EXIF block or None, PNG text chunks after the data) of
+    an encoded image, from its headers: a JPEG's APP1, a PNG's eXIf chunk (before or after the
+    data), a WebP's EXIF chunk (a TIFF's EXIF is the file itself)."""
+    fp.seek(0)
+    if _is_webp(fp.read(16)):
+        return "WEBP", None, _webp_chunk(fp, b"EXIF"), False
+    fmt, im = _pillow_open(fp)
+    raw = im.info.get("exif") if im is not None else None
+    if fmt == "PNG" and raw is None:
+        _, raw, late_text = _png_walk(fp)
+        return fmt, im, raw, late_text
+    return fmt, im, raw, False
+
+
+def image_orientation(data: bytes) -> int:
+    """The EXIF Orientation (1..8) of an encoded image (1 when none): from a PNG's eXIf chunk, a
+    WebP's EXIF chunk, a JPEG's APP1 segment or a TIFF's first IFD; the pixels are not read."""
+    fmt, _, raw, _ = _exif_of(io.BytesIO(data))
+    if fmt == "TIFF":
+        return exif_orientation(data)  # a TIFF is a TIFF-structured block itself
+    return exif_orientation(raw) if raw else 1
+
+
+def _camera_tags(path: str | os.PathLike) -> dict | None:
+    """The Exif sub-IFD (camera tags) of a regular file, or None; only its headers are read (a
+    FIFO or a device is never opened: opening a FIFO waits for a writer)."""
+    from PIL import Image
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as fp:
+            fmt, im, raw, late_text = _exif_of(fp)
+            if im is not None and (fmt == "TIFF" or (raw is None and fmt == "PNG" and (
+                    late_text or "Raw profile type exif" in im.info))):
+                exif = im.getexif()  # a TIFF's own IFDs; or an ImageMagick text chunk, which Pillow decodes for
+            elif raw is None:
+                return None
+            else:
+                exif = Image.Exif()
+                exif.load(raw)
+            return exif.get_ifd(0x8769)
+    except Exception:  # unreadable, or damaged headers: no EXIF
+        return None
 
 
 #: diagonal of a 36 x 24 mm frame, the reference of EXIF's FocalLengthIn35mmFilm
@@ -268,18 +380,9 @@ def exif_focal_px(path: str | os.PathLike, width: int, height: int) -> tuple[flo
     sensor), scaled from the EXIF image width to the decoded size. Returns
     ``(f_px, description)``, or ``(None, why)`` when the EXIF focal length is implausible (its
     35 mm equivalent outside ``EXIF_F35_RANGE_MM``: the caller then uses its default and records
-    why). Read with Pillow, which parses the EXIF block only.
+    why). Read with Pillow, which parses the headers and the EXIF block only.
     """
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        return None
-    try:
-        with Image.open(path) as im:
-            exif = im.getexif()
-            sub = exif.get_ifd(0x8769)  # the Exif sub-IFD holds the camera tags
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return None
+    sub = _camera_tags(path)
     if not sub:
         return None
     diag = float(np.hypot(width, height))
@@ -308,20 +411,9 @@ def exif_focal_px(path: str | os.PathLike, width: int, height: int) -> tuple[flo
     return None
 
 
-def _webp_chunk(data: Any, want: bytes) -> bytes | None:
-    n = min(len(data), 8 + int.from_bytes(bytes(data[4:8]), "little"))
-    i = 12
-    while i + 8 <= n:
-        typ = bytes(data[i:i + 4])
-        length = int.from_bytes(bytes(data[i + 4:i + 8]), "little")
-        if typ == want:
-            return bytes(data[i + 8:i + 8 + length])
-        i += 8 + length + (length & 1)
-    return None
-
-
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
-    """Turn stored pixels into displayed pixels for an EXIF Orientation value (1..8)."""
+    """Turn stored pixels into displayed pixels for an EXIF Orientation value (1..8), as
+    ``PIL.ImageOps.exif_transpose`` does (views of the array, no copy)."""
     if orientation == 2:
         return img[:, ::-1]
     if orientation == 3:

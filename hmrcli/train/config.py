@@ -30,6 +30,14 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from hmrcli.nn.backbones import BACKBONES
+from hmrcli.nn.checkpoints import (
+    AGGREGATIONS,
+    ARCHS,
+    ASPECTS,
+    ArchitectureConfig,  # the one definition of the network's fields (also a checkpoint's)
+    CheckpointError,
+    RegressorConfig,
+)
 from hmrcli.train.data import (
     AugmentConfig,  # the one definition (also used by the datasets)
 )
@@ -77,18 +85,20 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    arch: str = "multiroi"  # multiroi | cliff (M = 1 baseline)
-    backbone: str = "resnet50"  # resnet50 | hrnet_w48_pose | hrnet_w48_cls | resnet18
-    num_rois: int = 5  # M (1..5; cliff: 1)
-    crop_hw: tuple[int, int] = (256, 192)
-    aspect: str = "rect"  # rect (b = crop height, width 0.75 b) | square
-    aggregation: str = "code"  # code (RoI 0's estimate) | paper (mean fused feature)
-    n_iter: int = 3
+class ModelConfig(ArchitectureConfig):
+    """The network to train: the fields of :class:`~hmrcli.nn.checkpoints.ArchitectureConfig`
+    (arch, backbone, num_rois, crop_hw, aspect, aggregation, n_iter: declared there once, for
+    training and checkpoints alike), then the training-only ones below."""
+
     init: Optional[str] = None  # native, authors' or CLIFF checkpoint to start from
     mean_params: Optional[str] = None  # SPIN smpl_mean_params.npz (default: hmrcli's)
-    body_model: str = "auto"  # smpl | free | auto
+    body_model: str = "auto"  # smpl | free | auto (the checkpoint records the one resolved)
     smpl_dir: Optional[str] = None
+
+    def regressor_config(self, body_model: str) -> RegressorConfig:
+        """The checkpoint config of the network trained: this architecture, its outputs in
+        ``body_model`` (the resolved one: smpl or free)."""
+        return RegressorConfig(**{**self.architecture(), "crop_hw": tuple(self.crop_hw)}, body_model=body_model)
 
 
 @dataclass
@@ -419,9 +429,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 _CHOICES = {
-    "model.arch": ("multiroi", "cliff"),
-    "model.aspect": ("rect", "square"),
-    "model.aggregation": ("code", "paper"),
+    "model.arch": ARCHS,
+    "model.aspect": ASPECTS,
+    "model.aggregation": AGGREGATIONS,
     "model.body_model": ("auto", "smpl", "free"),
     "losses.camera_form": ("code", "paper"),
     "losses.kp2d_norm": ("box", "crop"),
@@ -450,6 +460,10 @@ def validate(cfg: TrainConfig) -> None:
 
     if m.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone: unknown {m.backbone!r}; available: {', '.join(sorted(BACKBONES))}")
+    try:  # the rest of what a checkpoint's config is checked for (crop_hw up to 1024, n_iter 1..10)
+        ArchitectureConfig.validate(m, "model")
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
     for name in ("batch_size", "steps"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1")

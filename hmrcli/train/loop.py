@@ -341,12 +341,7 @@ def _provenance(cfg: TrainConfig, step: int, body, init_report, metrics, last_lo
 
 def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None) -> TrainResult:
     """Train (or resume training) as configured; see the module docstring."""
-    from hmrcli.nn.checkpoints import (
-        RegressorConfig,
-        build_model,
-        read_state_dict,
-        save_native,
-    )
+    from hmrcli.nn.checkpoints import build_model, read_state_dict, save_native
 
     t_start = time.perf_counter()
     device = _device(cfg.device)
@@ -379,9 +374,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     train_ds, test_sets = build_datasets(cfg)
     _check_betas_space([*train_ds.datasets, *test_sets], body)
 
-    reg_cfg = RegressorConfig(arch=cfg.model.arch, backbone=cfg.model.backbone, num_rois=cfg.model.num_rois,
-                              crop_hw=tuple(cfg.model.crop_hw), aspect=cfg.model.aspect,
-                              body_model=body.info.name, aggregation=cfg.model.aggregation, n_iter=cfg.model.n_iter)
+    reg_cfg = cfg.model.regressor_config(body.info.name)
     mean_params = load_mean_params(cfg.model.mean_params) if cfg.model.mean_params else None
     model = build_model(reg_cfg, mean_params=mean_params)
     init_report = None
@@ -404,7 +397,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
         if st.get("format") != STATE_FORMAT:
             raise TrainError(f"{state_path}: not an hmrcli training state ({st.get('format')!r})")
         saved_model = st["config"]["model"]
-        for k in ("arch", "backbone", "num_rois", "crop_hw", "aspect", "aggregation", "n_iter"):
+        for k in cfg.model.architecture():
             now = config_to_dict(cfg.model)[k]
             if saved_model.get(k) != now:
                 raise TrainError(f"--resume: model.{k} is {now!r} but the run was trained with {saved_model.get(k)!r}")
