@@ -58,8 +58,8 @@ with (file, stage, message):
   exists) as well as the :class:`ImageSource`.
 
 The package: :mod:`.base` (``ImageSource``, ``ImageReadError``, suffixes, limits),
-:mod:`.probe` (format and size from the first bytes, EXIF), :mod:`.decode` (image files and
-video frames to RGB), :mod:`.expand` (inputs -> sources, shards).
+:mod:`.probe` (format and size from the headers, EXIF: read by Pillow), :mod:`.decode` (image
+files and video frames to RGB), :mod:`.expand` (inputs -> sources, shards).
 """
 
 from hmrcli.sources.base import (
