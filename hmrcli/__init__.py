@@ -19,6 +19,7 @@ __all__ = ["__version__", "load_regressor", "load_body_model"]
 
 def __getattr__(name: str):  # lazy: importing hmrcli stays cheap for the CLI
     if name in ("load_regressor", "load_body_model"):
+        # start-up: hmrcli.api loads torch (~3 s); `import hmrcli` and the CLI stay fast
         from hmrcli import api
 
         return getattr(api, name)

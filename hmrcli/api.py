@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,9 +40,6 @@ def estimate_people(
     a list of :class:`hmrcli.engine.regress.PersonEstimate` (pose, betas, local cameras,
     full-image camera ``cam_t`` and ``K``, posed vertices). ``body`` defaults to
     ``load_body_model("auto")``."""
-    import numpy as np
-
-
     if body is None:
         body = load_body_model("auto")
     engine = RegressionEngine(regressor, body, device=device, precision=precision, batch_size=batch_size)

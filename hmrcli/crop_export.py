@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 
 from hmrcli import geometry as G
@@ -112,8 +113,6 @@ def crop_record(pc: dict[str, Any], index: int, image_path: str, image_wh: tuple
 
 
 def _png(rgb: np.ndarray) -> bytes:
-    import cv2
-
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 and rgb.shape[2] == 3 else rgb
     ok, buf = cv2.imencode(".png", img)
     if not ok:

@@ -15,9 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hmrcli import assets
 from hmrcli._version import __version__
-from hmrcli.body.model import FREE_MODEL_FILE
+from hmrcli.body.model import (
+    FREE_MODEL_FILE,
+    SMPL_DOWNLOAD_HELP,
+    find_h36m_regressor,
+    find_smpl_files,
+    read_model_file,
+)
 from hmrcli.detect import available_detectors
 from hmrcli.detect.blazepose_models import LANDMARK_FILES, landmark_model_status
 from hmrcli.detect.mediapipe_backend import mediapipe_problem
@@ -57,10 +65,6 @@ def _dist_version(names: str) -> str | None:
 
 
 def _torch_info() -> dict[str, Any]:
-    try:
-        import torch
-    except Exception as e:  # pragma: no cover - torch is a core dependency
-        return {"installed": False, "error": str(e)}
     info: dict[str, Any] = {
         "installed": True,
         "version": torch.__version__,
@@ -114,13 +118,6 @@ def _free_model_info() -> dict[str, Any]:
 
 
 def _smpl_info(smpl_dir: str | None) -> dict[str, Any]:
-    from hmrcli.body.model import (
-        SMPL_DOWNLOAD_HELP,
-        find_h36m_regressor,
-        find_smpl_files,
-        read_model_file,
-    )
-
     root = assets.smpl_dir(smpl_dir)
     files = find_smpl_files(smpl_dir)
     reg = find_h36m_regressor(smpl_dir)

@@ -9,6 +9,7 @@ writing the same file never share a temporary name (the last rename wins).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,8 +22,6 @@ def json_text(obj, **kw) -> str:
     valid UTF-8 reaches Python as lone surrogates (``os.fsdecode``), which UTF-8 cannot encode;
     they are written as JSON escapes (``\\udcff``), which ``json.loads`` turns back into the same
     string (``os.fsencode`` then gives the original bytes). Other characters stay as they are."""
-    import json
-
     text = json.dumps(obj, ensure_ascii=False, **kw)
     return text.encode("utf-8", "backslashreplace").decode("utf-8") if _has_surrogates(text) else text
 

@@ -82,9 +82,10 @@ def _opts(out: Path) -> InferOptions:
 
 
 def _tree(out: Path) -> dict[str, bytes]:
-    """Every result file below ``out`` (not the bookkeeping, whose lines carry times)."""
+    """Every result file below ``out`` (not the bookkeeping, whose lines carry times, nor the
+    empty per-image lock files)."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.parent != out}
+            if p.is_file() and p.parent != out and p.parent.name != ".hmrcli-locks"}
 
 
 def _image_lines(out: Path) -> list[dict]:

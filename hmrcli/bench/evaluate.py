@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -28,6 +29,12 @@ from hmrcli import assets
 from hmrcli.bench.datasets import Sample, load_dataset
 from hmrcli.bench.metrics import lsp14_from_h36m, mesh_metrics, mpjpe, pa_mpjpe
 from hmrcli.body import load_body_model
+from hmrcli.body.model import (
+    SMPL_DOWNLOAD_HELP,
+    SMPL_FILENAMES,
+    find_h36m_regressor,
+    find_smpl_files,
+)
 from hmrcli.detect import create_detector, detect_images
 from hmrcli.engine.regress import PersonBox, RegressionEngine
 from hmrcli.geometry.boxes import DEFAULT_RESCALE, box_aspect
@@ -121,9 +128,6 @@ class NetworkPredictor:
         return boxes[k] if ious[k] > 0 else None
 
     def predict(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
-        import cv2
-
-
         prepared = []
         for s in samples:
             img = cv2.imread(str(s.image), cv2.IMREAD_COLOR)
@@ -167,13 +171,6 @@ def engine_xyxy(box: np.ndarray, cfg) -> np.ndarray:
 def check_assets(smpl_dir: str | os.PathLike | None, genders: set[str], h36m_regressor: str | os.PathLike | None = None) -> None:
     """Raise :class:`BenchmarkAssetsError` listing every missing file (SMPL models for
     ``genders`` and ``J_regressor_h36m.npy``) and where they are looked for."""
-    from hmrcli.body.model import (
-        SMPL_DOWNLOAD_HELP,
-        SMPL_FILENAMES,
-        find_h36m_regressor,
-        find_smpl_files,
-    )
-
     found = find_smpl_files(smpl_dir)
     missing = [f"SMPL {g} model ({' or '.join(SMPL_FILENAMES[g][:3])})" for g in sorted(genders) if g not in found]
     reg = Path(h36m_regressor) if h36m_regressor else find_h36m_regressor(smpl_dir)

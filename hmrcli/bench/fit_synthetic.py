@@ -18,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import roma
 import torch
 
 from hmrcli import geometry as G
+from hmrcli.bench.metrics import mpjpe, pa_mpjpe
 from hmrcli.body import BodyModel
 from hmrcli.fit.optimize import FitResult, FitTargets
 from hmrcli.fit.priors import sample_plausible_pose
@@ -60,8 +62,6 @@ def synthetic_people(body: BodyModel, n: int, rng: np.random.Generator, image_wh
                      distance: tuple[float, float] = (3.0, 10.0), noise2d: float = 2.0, noise3d: float = 0.02,
                      spread: float = 0.5) -> SyntheticPeople:
     """n random bodies observed as described in the module docstring."""
-    import roma
-
     w, h = image_wh
     f = float(G.default_focal(w, h))
     K = G.intrinsics(f, w, h)
@@ -96,8 +96,6 @@ def evaluate_fit(body: BodyModel, people: SyntheticPeople, fit: FitResult) -> di
     """Per body: ``pa_mpjpe_mm`` (24 skeleton joints, similarity Procrustes), ``pa_kp_mm``
     (the 17 keypoints), ``mpjpe_mm`` (24 joints, pelvis-aligned, camera orientation),
     ``distance_err`` (relative error of the camera-to-hips distance), ``reproj_px``."""
-    from hmrcli.bench.metrics import mpjpe, pa_mpjpe
-
     out = body(torch.from_numpy(fit.rotmats), torch.from_numpy(fit.betas))
     j, kp = out.joints.numpy(), out.keypoints_coco.numpy()
     root = 0.5 * (kp[:, 11] + kp[:, 12])

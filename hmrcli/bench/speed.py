@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+import torch
+
 from hmrcli.body import load_body_model
 from hmrcli.detect import create_detector, detect_images
 from hmrcli.detect.base import DetectorUnavailable
@@ -32,9 +34,6 @@ PAPER_TABLE3_FPS_RTX3090 = {1: 76.3, 2: 63.5, 3: 61.7, 4: 57.3, 5: 55.6}
 def measure_speed(backbone: str = "resnet50", num_rois: int = 5, batch: int = 1, device: str = "cpu",
                   precision: str = "fp32", repeats: int = 3, body: str = "free") -> dict[str, Any]:
     """One configuration in this process -> timings (ms/person, persons/s) and peak memory (MiB)."""
-    import torch
-
-
     torch.manual_seed(0)
     cfg = RegressorConfig(arch="multiroi", backbone=backbone, num_rois=num_rois)
     model = build_model(cfg).eval().to(device)
@@ -75,9 +74,6 @@ def measure_pipeline(images: Sequence[str], backbone: str = "resnet50", num_rois
     """End to end over real image files: decode -> detect -> crop (RoIs) -> network + body
     model, each stage timed (seconds in total, ms per image / per person). One pass after a
     warm-up on the first image; random regressor weights."""
-    import torch
-
-
     torch.manual_seed(0)
     cfg = RegressorConfig(arch="multiroi", backbone=backbone, num_rois=num_rois)
     model = build_model(cfg).eval()
@@ -144,8 +140,6 @@ def speed_report(backbone: str = "resnet50", rois: Sequence[int] = (1, 2, 3, 4, 
                  detector: str = "auto") -> dict[str, Any]:
     """Every (batch, M) configuration -> ``{"benchmark", "device_name", "torch", "note",
     "paper_table3_fps_rtx3090_batch1", "results": [...]}`` (the speed_regressor.py JSON)."""
-    import torch
-
     rows = []
     for b in batches:
         for m in rois:

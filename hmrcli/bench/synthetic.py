@@ -22,7 +22,9 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import torch
 
 from hmrcli import geometry as G
 from hmrcli.bench.datasets import keypoint_box
@@ -43,8 +45,6 @@ def random_poses(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _image(wh: tuple[int, int], kp: np.ndarray) -> np.ndarray:
-    import cv2
-
     img = np.full((wh[1], wh[0], 3), 128, np.uint8)
     for x, y in kp[:, :2]:
         if np.isfinite(x) and np.isfinite(y):
@@ -65,10 +65,6 @@ def write_synthetic_3dpw(
 ) -> dict[str, Any]:
     """Write the synthetic 3DPW set (see module docs); returns a summary dict with the
     number of valid samples and the sequences written."""
-    import cv2
-    import torch
-
-
     rng = np.random.default_rng(seed)
     root = Path(root)
     (root / "sequenceFiles" / split).mkdir(parents=True, exist_ok=True)
@@ -147,10 +143,6 @@ def write_synthetic_h36m(
 ) -> dict[str, Any]:
     """Write ``h36m_valid_protocol2.npz`` (S (n,17,4) H36M joints of neutral SMPL bodies,
     metres, camera frame; pose, shape) and its images. Needs ``J_regressor_h36m.npy``."""
-    import cv2
-    import torch
-
-
     rng = np.random.default_rng(seed)
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import smplx
 import torch
+from smplx.utils import Struct
 
 from hmrcli import assets
 from hmrcli.body.safe_pickle import load_smpl_pickle
@@ -145,7 +147,7 @@ def _to_rotmat(pose: torch.Tensor) -> torch.Tensor:
     if pose.dim() == 2 and pose.shape[1] == 72:
         pose = pose.reshape(-1, 24, 3)
     if pose.dim() == 3 and pose.shape[1:] == (24, 3):
-        import roma
+        import roma  # start-up: roma imports torch._dynamo (~3 s), which hmrcli.body otherwise never needs
 
         return roma.rotvec_to_rotmat(pose)
     raise ValueError(
@@ -224,9 +226,6 @@ class BodyModel:
         h36m_regressor: np.ndarray | None = None,
         num_betas: int = 10,
     ) -> None:
-        import smplx
-        from smplx.utils import Struct
-
         self.info = info
         self.num_betas = num_betas
         # Built in float64 from the file's arrays; float32 copies are cast from it.

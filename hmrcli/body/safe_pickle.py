@@ -26,6 +26,15 @@ from typing import Any
 
 import numpy as np
 
+try:  # numpy >= 2
+    from numpy._core import multiarray as _ma  # type: ignore[attr-defined]
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _ma  # type: ignore[no-redef]
+try:
+    from numpy._core import numeric as _num  # type: ignore[attr-defined]
+except ImportError:
+    from numpy.core import numeric as _num  # type: ignore[no-redef]
+
 __all__ = ["UnsafePickleError", "load_smpl_pickle", "loads_smpl_pickle"]
 
 
@@ -55,17 +64,9 @@ class _SparseRecord(_Inert):
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {}
-    try:  # numpy >= 2
-        from numpy._core import multiarray as _ma  # type: ignore[attr-defined]
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray as _ma  # type: ignore[no-redef]
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(mod, "_reconstruct")] = _ma._reconstruct
         allowed[(mod, "scalar")] = _ma.scalar
-    try:
-        from numpy._core import numeric as _num  # type: ignore[attr-defined]
-    except ImportError:
-        from numpy.core import numeric as _num  # type: ignore[no-redef]
     if hasattr(_num, "_frombuffer"):  # protocol-5 pickles of arrays
         for mod in ("numpy.core.numeric", "numpy._core.numeric"):
             allowed[(mod, "_frombuffer")] = _num._frombuffer

@@ -6,7 +6,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from hmrcli.files import json_text
 
@@ -31,8 +40,7 @@ def resolve_device(name: str) -> str:
     on a machine without one is a usage error (exit 2)."""
     if name != "auto" and not name.startswith("cuda"):
         return name
-    import torch  # (CLI start-up: only when a device is resolved)
-    import typer
+    import torch  # start-up: torch takes ~3 s to import, only when a device is resolved
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,15 +56,6 @@ def progress_bar(label: str, total: int, completed: int = 0, field: str | None =
     ``label | bar | n/total | elapsed [| remaining] [| text field]``. Returns ``(progress, task)``;
     the caller starts/stops it (or uses it as a context manager) and updates ``task``
     (``field``: the name of a free text field, set with ``update(task, **{field: text})``)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     cols = [TextColumn(f"[bold]{label}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn()]
     if remaining:
         cols.append(TimeRemainingColumn())

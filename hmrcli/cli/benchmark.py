@@ -62,6 +62,7 @@ def benchmark(
     """Evaluate a checkpoint on 3DPW or Human3.6M (MPJPE / PA-MPJPE / PVE, mm), overall and
     per sequence, beside the published figures. Needs the user's SMPL files and SPIN's
     J_regressor_h36m.npy. With --speed: regressor speed vs RoI count (paper Table 3)."""
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.bench.datasets import DatasetError
     from hmrcli.bench.evaluate import (
         BenchmarkAssetsError,
@@ -113,6 +114,7 @@ def benchmark(
 
 def _speed(rois, batch, device, precision, repeats, backbone, fresh_process, json_out, images=None,
            detector="auto") -> None:
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.bench.speed import speed_report
     from hmrcli.sources import expand_inputs
 

@@ -54,6 +54,7 @@ def crop(
     geometry (person_00.crops.json, schema hmrcli.crops/1: crop box, RoI boxes, image->crop
     affines, bbox_info, crop size, focal). `hmrcli detect IMAGES | hmrcli crop - --out DIR`
     works. Exit status: 0 all images done, 1 some failed (OUT/errors.jsonl), 2 none or bad usage."""
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.crop_export import CropOptions, run_crops
     from hmrcli.detect import detect_sources
 

@@ -64,6 +64,7 @@ def detector_spec(detector: str, boxes: Optional[str], det_score: Optional[float
     problems exit with status 2. ``records`` (``hmrcli.detections/1`` records read with the
     inputs) make it the boxes detector over those records, unless another detector is named
     explicitly. ``resolve``: resolve ``--device auto`` here (False: where it is built)."""
+    # start-up: loads numpy (~0.2 s), kept out of `hmrcli --help`
     from hmrcli.detect import DETECTORS, DetectorSpec
 
     name = detector.strip().lower()
@@ -104,6 +105,7 @@ def detector_spec(detector: str, boxes: Optional[str], det_score: Optional[float
 def build_detector(spec: Any, quiet: bool = False) -> Any:
     """Build a detector spec here, print which detector runs on stderr; an unavailable
     backend exits with status 2 and a message saying how to fix it."""
+    # start-up: loads numpy (~0.2 s), kept out of `hmrcli --help`
     from hmrcli.detect import DetectorUnavailable, detection_summary
 
     try:
@@ -129,6 +131,7 @@ def make_detector(detector: str, boxes: Optional[str], det_score: Optional[float
 
 def _expand(images: Optional[list[str]], frame_stride: int) -> list:
     """expand_inputs with usage errors (bad record lines on stdin, ...) as exit status 2."""
+    # start-up: loads numpy (~0.2 s), kept out of `hmrcli --help`
     from hmrcli.sources import expand_inputs
 
     try:
@@ -139,6 +142,7 @@ def _expand(images: Optional[list[str]], frame_stride: int) -> list:
 
 
 def _finish(sources: list, shard: Optional[str]) -> list:
+    # start-up: loads numpy (~0.2 s), kept out of `hmrcli --help`
     from hmrcli.sources import parse_shard, shard_sources
 
     if not sources:
@@ -169,6 +173,7 @@ def _records_of(sources: list) -> Optional[list]:
 
 def _sources_from_det(det) -> list:
     if det.name == "boxes":
+        # start-up: loads numpy (~0.2 s), kept out of `hmrcli --help`
         from hmrcli.sources import sources_from_records
 
         return sources_from_records(det.records)
@@ -184,6 +189,7 @@ def detector_and_sources(images: Optional[list[str]], detector: str, boxes: Opti
     named explicitly; usage errors exit with status 2. ``build`` False: (a
     :class:`hmrcli.detect.DetectorSpec` to build elsewhere, e.g. in the workers of a cluster,
     sources); given boxes are read here (a file or stdin the workers may not see)."""
+    # start-up: loads numpy (~0.2 s), kept out of `hmrcli --help`
     from hmrcli.detect import DetectorSpec
 
     if images:
@@ -230,9 +236,10 @@ def detect(
     nobody is found get an empty person list and are counted on stderr.
 
     Exit status: 0 all images done, 1 some failed (named on stderr), 2 all failed or bad usage."""
+    # start-up: loads numpy (~0.2 s), kept out of `hmrcli --help`
     from hmrcli.detect import detect_sources
     from hmrcli.export.writers import atomic_write_text
-    from hmrcli.records import detection_record
+    from hmrcli.records import batch_exit_code, detection_record
 
     det, sources = detector_and_sources(images, detector, boxes, det_score, det_config, det_checkpoint, device,
                                         batch_size, quiet, shard=shard, frame_stride=frame_stride)
@@ -267,8 +274,6 @@ def detect(
         note(f"detect: {n_ok} images, {n_persons} persons, {n_failed} failed in {time.perf_counter() - t0:.1f} s"
              + (f" -> {out}" if out is not None else "")
              + (f"; no person found in {n_empty} image(s)" if n_empty else ""))
-    from hmrcli.records import batch_exit_code
-
     raise typer.Exit(batch_exit_code(n_failed, n_ok))
 
 

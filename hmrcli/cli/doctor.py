@@ -27,6 +27,7 @@ def doctor(
 ) -> None:
     """Report Python/torch versions, devices, optional parts, body models and checkpoints,
     and what is missing with how to get it."""
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.diagnostics import collect, format_path
 
     rep = collect(smpl_dir)

@@ -33,7 +33,7 @@ def export(
 
     Exit status: 0 all done, 1 some persons or overlays failed (see OUT/errors.jsonl), 2 all
     failed or bad usage."""
-    from hmrcli.export.results import (
+    from hmrcli.export.results import (  # start-up: loads torch (~3 s), kept out of `hmrcli --help`
         EXPORT_FORMATS,
         ExportOptions,
         ResultsError,

@@ -119,6 +119,7 @@ def infer(
 
     Exit status: 0 all images done, 1 some failed (see OUT/errors.jsonl), 2 none succeeded
     or bad usage, 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM."""
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.api import ENGINES, REFINEMENTS, EngineSpec
     from hmrcli.detect import DetectorUnavailable
     from hmrcli.intrinsics import (
@@ -244,7 +245,7 @@ def _install_signal_handlers(stop, note) -> dict:
     """SIGINT / SIGTERM: the first asks the run to stop after the current batch of persons, the second
     abandons the batch (KeyboardInterrupt; its images are redone by the next run), a third
     exits at once (as safe as kill -9: every file is written atomically)."""
-    from hmrcli.pipeline import (
+    from hmrcli.pipeline import (  # start-up: loads torch (~3 s), kept out of `hmrcli --help`
         SIGNAL_EXIT_CODES,  # (was unbound here: the third signal raised NameError)
     )
 

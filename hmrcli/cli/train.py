@@ -130,7 +130,7 @@ def train(
     schedule.* name (constant|cosine|linear|step), warmup_steps, min_lr_ratio, step_size,
     gamma; data.* num_workers, test_limit, augment.*, and the dataset lists data.train.N.*
     / data.test.N.* (path, img_root, ratio, name)."""
-    from hmrcli.train.config import (
+    from hmrcli.train.config import (  # start-up: loads torch (~3 s), kept out of `hmrcli --help`
         ConfigError,
         config_to_dict,
         example_toml,

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
+from hmrcli.assets import checkpoints_dir, sha256_file
 from hmrcli.cli._output import print_json, stderr, stdout, want_json
 
 weights_app = typer.Typer(help="Regressor checkpoints: list, fetch, verify, convert to hmrcli's format.",
@@ -22,7 +24,7 @@ def convert(
 ) -> None:
     """Convert a checkpoint to safetensors weights + a JSON config (architecture, backbone, M,
     crop size, box convention, body model, provenance)."""
-    from hmrcli.assets import sha256_file
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.nn.checkpoints import CheckpointError, load_checkpoint, save_native
 
     out = dst.with_suffix(".safetensors") if dst.suffix != ".safetensors" else dst
@@ -50,7 +52,7 @@ def list_known(
     json_out: Annotated[Optional[bool], typer.Option("--json/--no-json", help="JSON lines output.")] = None,
 ) -> None:
     """Known checkpoints (models/registry.json) and whether each is in the checkpoints folder."""
-    from hmrcli.assets import checkpoints_dir
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.weights.catalogue import known_checkpoints
 
     folder = checkpoints_dir()
@@ -64,8 +66,6 @@ def list_known(
         for r in rows:
             print_json(r)
         return
-    from rich.table import Table
-
     t = Table(title=f"Known checkpoints (folder: {folder})")
     for c in ("name", "file", "present", "published figures"):
         t.add_column(c)
@@ -96,9 +96,11 @@ def fetch(
 ) -> None:
     """Download a known checkpoint (checked against its sha256 when known). Without network,
     or for files with no direct URL, fails at once and says where to put the file by hand."""
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.weights.catalogue import FetchError, fetch_checkpoint
 
     if name.startswith("blazepose-"):
+        # start-up: loads numpy (~0.2 s), kept out of `hmrcli --help`
         from hmrcli.detect.base import DetectorUnavailable
         from hmrcli.detect.blazepose_models import (
             LANDMARK_FILES,
@@ -141,6 +143,7 @@ def verify(
 ) -> None:
     """Check a checkpoint: sha256 against the registry (when known) and that it loads.
     Exit status 0 when both hold, 1 otherwise."""
+    # start-up: loads torch (~3 s), kept out of `hmrcli --help`
     from hmrcli.nn.checkpoints import CheckpointError
     from hmrcli.weights.catalogue import verify_checkpoint
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from hmrcli.detect.base import Detection, Detector, DetectorUnavailable
+from hmrcli.sources import ImageReadError, read_image
 
 __all__ = [
     "Detection", "Detector", "DetectorUnavailable", "DETECTORS", "DetectedImage",
@@ -134,7 +135,7 @@ class DetectorSpec:
     def build(self) -> Detector:
         opts = dict(self.options)
         if opts.get("device") == "auto":
-            import torch  # (only detectors that take a device are given one)
+            import torch  # start-up: torch (~3 s) is not needed to import hmrcli.detect (only detectors that take a device are given one)
 
             opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         det = create_detector(self.name, **opts)
@@ -180,7 +181,7 @@ def default_detector(**opts: Any) -> Detector:
 
 def _onnx_cuda() -> bool:
     try:
-        import onnxruntime
+        import onnxruntime  # local: a missing or broken onnxruntime must not break hmrcli.detect
 
         return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
     except Exception:
@@ -215,6 +216,7 @@ def _mmdet_problem() -> str | None:
 def available_detectors() -> list[dict[str, Any]]:
     """Every backend with ``available`` and, when not, ``problem``; cheap (loads no model).
     mmdet's checkpoint is only checked when its backend offers an ``availability()`` hook."""
+    # start-up: backends load torch (~3 s) only when used
     from hmrcli.detect.blazepose_ssd import litert_problem
     from hmrcli.detect.mediapipe_backend import mediapipe_problem
     from hmrcli.detect.movenet_backend import movenet_problem
@@ -258,8 +260,6 @@ def detect_sources(sources: Sequence[Any], detector: Detector, batch_size: int =
     """Read and detect ``sources`` (``ImageSource``s) in batches, yielding them in order.
     A file that cannot be read or a detector failure on one image gives that image an
     error and the batch goes on. DetectorUnavailable (a broken installation) is raised."""
-    from hmrcli.sources import ImageReadError, read_image
-
     read = read or (lambda src: read_image(src.path))
     stage = getattr(detector, "error_stage", "detect")
     batch: list[DetectedImage] = []

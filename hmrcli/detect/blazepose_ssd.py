@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hmrcli.detect.base import DetectorUnavailable
 from hmrcli.geometry import box_iou_xyxy
 
 __all__ = ["SSDDetection", "BlazePoseSSD", "ssd_anchors", "decode_ssd", "weighted_nms", "square_tiles",
@@ -164,13 +165,12 @@ class BlazePoseSSD:
                  tile_scales: tuple[float, ...] = (1.0, 0.5), overlap: float = 0.5, threads: int = 2) -> None:
         prob = litert_problem()
         if prob:
-            from hmrcli.detect.base import DetectorUnavailable
-
             raise DetectorUnavailable(prob)
+        # optional dependency (ai-edge-litert, the [fit] extra)
         from ai_edge_litert.interpreter import Interpreter
 
         if model_path is None:
-            import mediapipe
+            import mediapipe  # optional dependency (mediapipe)
 
             model_path = Path(mediapipe.__file__).parent / "modules/pose_detection/pose_detection.tflite"
         self.model_path = str(model_path)

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import sys
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -46,8 +47,6 @@ class BoxesError(LookupError):
 def load_box_records(source: str | os.PathLike | io.TextIOBase, category: str | int = "person") -> list[dict[str, Any]]:
     """Read a detections JSON-lines file or a COCO JSON (path, ``"-"`` for stdin, or a text
     stream) into ``hmrcli.detections/1`` records. Errors name the file (and line)."""
-    import sys
-
     if hasattr(source, "read"):
         name, text = getattr(source, "name", "<stream>"), source.read()
     elif str(source) == "-":

@@ -29,7 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hmrcli import geometry as G
 from hmrcli.detect.base import Detection, DetectorUnavailable
+from hmrcli.detect.blazepose_models import ensure_landmark_model
+from hmrcli.detect.blazepose_ssd import BlazePoseSSD
 from hmrcli.geometry import box_inside_fraction, box_iou_xyxy
 
 __all__ = ["MediaPipeDetector", "BlazePoseResult", "blazepose_box", "INSTALL_HINT", "mediapipe_problem"]
@@ -229,8 +232,6 @@ class MediaPipeDetector:
         if landmark_model not in LANDMARK_MODELS:
             raise ValueError(f"unknown landmark model {landmark_model!r}: use {', '.join(LANDMARK_MODELS)}")
         if landmark_model == "heavy":
-            from hmrcli.detect.blazepose_models import ensure_landmark_model
-
             ensure_landmark_model("heavy")
         self.score_thr = float(score_thr)
         self.landmark_thr = float(landmark_thr)
@@ -248,12 +249,11 @@ class MediaPipeDetector:
         self._first = True
         self._ssd = None
         if self.multi:
-            from hmrcli.detect.blazepose_ssd import BlazePoseSSD
-
             self._ssd = BlazePoseSSD(min_score=self.candidate_thr)
 
     def _build(self):
         try:
+            # optional dependency (mediapipe)
             from mediapipe.python.solution_base import SolutionBase
             from mediapipe.python.solutions import pose as mp_pose
         except Exception as e:  # ImportError, or a broken install (protobuf / numpy mismatch)
@@ -316,8 +316,6 @@ class MediaPipeDetector:
         """BlazePose on the square region ``(cx, cy, b)`` of ``image`` (resampled to
         ``size`` pixels; outside the image is black), mapped back to full-image pixels.
         ``mask``: polygons (full-image pixels) greyed out first."""
-        from hmrcli import geometry as G
-
         aff = G.crop_affine(np.asarray(box_cxcyb, dtype=np.float64)[None], (size, size))[0]
         crop = G.crop_image_np(image, aff, (size, size))
         if mask:

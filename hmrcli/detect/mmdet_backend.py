@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 from hmrcli import assets
 from hmrcli.detect.base import Detection, DetectorUnavailable
@@ -65,7 +66,7 @@ def _import_mmdet() -> Any:
     """Import mmdet and the mmcv ops it needs; DetectorUnavailable with the install recipe
     otherwise."""
     try:
-        import mmcv  # noqa: F401
+        import mmcv  # noqa: F401  (optional dependency: mmcv and the [mmdet] extra, this whole block)
         import mmdet  # asserts compatible mmcv/mmengine versions
         import mmengine  # noqa: F401
         from mmcv.ops import batched_nms  # noqa: F401  (fails on mmcv without compiled ops)
@@ -170,8 +171,7 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[Path, dic
 
 def _check_ops_on(device: str) -> None:
     """mmcv's NMS runs on ``device`` (mmcv built without CUDA ops fails only here)."""
-    import torch
-    from mmcv.ops import nms
+    from mmcv.ops import nms  # optional dependency (mmcv)
 
     try:
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0]], device=device)
@@ -214,8 +214,6 @@ class MMDetDetector:
         if not 0.0 <= score_thr <= 1.0:
             raise ValueError(f"score_thr must be in [0, 1], got {score_thr}")
         _import_mmdet()
-        import torch
-
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise DetectorUnavailable(f"device {device!r} asked for, but this torch build has no usable CUDA "
                                       f"(torch {torch.__version__}); use device='cpu'")
@@ -233,7 +231,7 @@ class MMDetDetector:
         self.model_name = model_name or self.config_path.stem
         self.label = f"{self.name}:{self.model_name}"
 
-        from mmdet.apis import init_detector
+        from mmdet.apis import init_detector  # optional dependency (the [mmdet] extra)
 
         with _quiet():
             with torch.random.fork_rng(devices=[]):
@@ -281,6 +279,7 @@ class MMDetDetector:
 
     def _test_pipeline(self) -> Any:
         # exactly what mmdet.apis.inference_detector builds for numpy input
+        # optional dependency (mmcv, the [mmdet] extra)
         from mmcv.transforms import Compose
         from mmdet.utils import get_test_pipeline_cfg
 
@@ -291,8 +290,6 @@ class MMDetDetector:
     def raw_predict(self, bgr_images: list[np.ndarray]) -> list[Any]:
         """MMDetection's ``DetDataSample`` results for BGR images, in batches of
         ``batch_size`` (boxes in MMDetection's convention, all classes, no threshold)."""
-        import torch
-
         out: list[Any] = []
         for start in range(0, len(bgr_images), self.batch_size):
             chunk = bgr_images[start:start + self.batch_size]

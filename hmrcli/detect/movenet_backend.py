@@ -156,7 +156,7 @@ class MoveNetDetector:
         self.keypoint_thr = float(keypoint_thr)
         self.device = str(device)
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # local: a missing or broken onnxruntime makes only movenet unavailable
         except ImportError as e:
             raise DetectorUnavailable(f"movenet needs onnxruntime, which cannot be imported ({e}): "
                                       f"{INSTALL_HINT}") from e

@@ -36,6 +36,8 @@ import math
 from typing import Any
 
 import numpy as np
+import pygltflib as g
+import torch
 
 __all__ = ["GLTF_FROM_OPENCV", "skinned_glb_bytes", "top_k_weights"]
 
@@ -60,8 +62,7 @@ def top_k_weights(weights: np.ndarray, k: int = 4) -> tuple[np.ndarray, np.ndarr
 
 def _quat_xyzw(R: np.ndarray) -> np.ndarray:
     """Unit quaternions (x, y, z, w) of rotation matrices (..., 3, 3), w >= 0."""
-    import roma
-    import torch
+    import roma  # start-up: roma imports torch._dynamo (~3 s); hmrcli export of obj/ply needs no roma
 
     q = roma.rotmat_to_unitquat(torch.as_tensor(np.asarray(R, dtype=np.float64))).numpy()
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
@@ -70,8 +71,7 @@ def _quat_xyzw(R: np.ndarray) -> np.ndarray:
 
 def _as_rotations(rotmats: np.ndarray) -> np.ndarray:
     """Project (possibly slightly non-orthonormal) matrices onto the nearest rotations."""
-    import roma
-    import torch
+    import roma  # start-up: roma imports torch._dynamo (~3 s); hmrcli export of obj/ply needs no roma
 
     return roma.special_procrustes(torch.as_tensor(np.asarray(rotmats, dtype=np.float64))).numpy()
 
@@ -96,8 +96,6 @@ class _Blob:
 
     def add(self, array: np.ndarray, component: int, type_: str, target: int | None = None,
             minmax: bool = False, normalized: bool = False) -> int:
-        import pygltflib as g
-
         raw = np.ascontiguousarray(array).tobytes()
         while len(self.data) % 4:
             self.data.append(0)
@@ -137,9 +135,6 @@ def skinned_glb_bytes(
     frame, ``-t`` in the model frame); None for no camera. ``extras`` goes to the asset's
     ``extras`` (JSON-serialisable). See the module docstring for axes and limits.
     """
-    import pygltflib as g
-    import torch
-
     rot = _as_rotations(np.asarray(rotmats, dtype=np.float64).reshape(24, 3, 3))
     transl = np.zeros(3) if transl is None else np.asarray(transl, dtype=np.float64).reshape(3)
     nb = body.num_betas

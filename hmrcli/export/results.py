@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
+import torch
 
 from hmrcli._version import __version__
 from hmrcli.body import load_body_model
@@ -220,8 +222,7 @@ def read_person(image_dir: str | os.PathLike, stem: str) -> SavedPerson:
     if "rotmats" in z:
         rot = _array(z, "rotmats", (24, 3, 3), pp)
     elif "global_orient" in z and "body_pose" in z:
-        import roma
-        import torch
+        import roma  # start-up: roma imports torch._dynamo (~3 s); the default obj export needs no roma
 
         aa = np.concatenate([_array(z, "global_orient", (3,), pp), _array(z, "body_pose", (69,), pp)]).reshape(24, 3)
         rot = roma.rotvec_to_rotmat(torch.from_numpy(aa)).numpy()
@@ -273,8 +274,6 @@ class _Posed:
     """A person's posed body (model frame, before the translation), computed once."""
 
     def __init__(self, body: Any, p: SavedPerson) -> None:
-        import torch
-
         b = None if p.mesh_betas is None else torch.from_numpy(p.mesh_betas[None])
         out = body(torch.from_numpy(p.rotmats[None]), betas=b)
         self.vertices = out.vertices[0].numpy()
@@ -295,8 +294,7 @@ def _mesh_file(vertices: np.ndarray, faces: np.ndarray, fmt: str, frame: str, tr
 
 def person_record(p: SavedPerson, posed: _Posed, frame: str, joint_names: tuple[str, ...]) -> dict[str, Any]:
     """The ``hmrcli.person/1`` record (see the module docstring)."""
-    import roma
-    import torch
+    import roma  # start-up: roma imports torch._dynamo (~3 s); the default obj export needs no roma
 
     aa = roma.rotmat_to_rotvec(torch.from_numpy(p.rotmats)).numpy()
     jc = posed.joints + p.transl
@@ -328,8 +326,7 @@ def person_record(p: SavedPerson, posed: _Posed, frame: str, joint_names: tuple[
 
 
 def _npz(p: SavedPerson) -> bytes:
-    import roma
-    import torch
+    import roma  # start-up: roma imports torch._dynamo (~3 s); the default obj export needs no roma
 
     aa = roma.rotmat_to_rotvec(torch.from_numpy(p.rotmats)).numpy()
     return npz_bytes(**p.extra, global_orient=aa[0], body_pose=aa[1:].reshape(-1), betas=p.betas,
@@ -359,8 +356,6 @@ def _glb(body: Any, p: SavedPerson, frame: str, with_camera: bool) -> bytes:
 
 
 def _png(image_rgb: np.ndarray) -> bytes:
-    import cv2
-
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
     if not ok:
         raise ValueError("PNG encoding failed")

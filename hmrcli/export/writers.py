@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 
@@ -17,7 +18,7 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "mesh_bytes", "npz_bytes",
 def mesh_bytes(vertices: np.ndarray, faces: np.ndarray, fmt: str) -> bytes:
     """Encode a triangle mesh as ``obj`` or ``ply`` (binary) with trimesh; vertices as given
     (metres), faces unchanged (no merging or reordering)."""
-    import trimesh
+    import trimesh  # start-up: trimesh takes ~1.3 s to import; hmrcli.export.writers is used by `hmrcli detect`
 
     if fmt not in ("obj", "ply"):
         raise ValueError(f"unknown mesh format {fmt!r} (obj or ply)")
@@ -37,8 +38,6 @@ def deterministic_npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """``np.savez_compressed``'s format with fixed zip timestamps, order and modes, so that
     identical arrays give identical bytes (for shipped model files whose sha256 is recorded).
     Object arrays are refused (the files must load with ``allow_pickle=False``)."""
-    import zipfile
-
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         for key, val in arrays.items():

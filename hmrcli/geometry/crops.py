@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -257,8 +258,6 @@ def crop_image_np(
     Returns:
         (h, w[, C]) crop with the input's dtype.
     """
-    import cv2
-
     h, w = _check_hw(crop_hw)
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (2, 3):

@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hmrcli.nn.checkpoints import CheckpointError
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as _ma  # type: ignore[attr-defined]
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _ma  # type: ignore[no-redef]
 
 __all__ = ["read_mmdet_checkpoint", "CheckpointError"]
 
@@ -24,12 +30,8 @@ def _numpy_safe_globals() -> list[Any]:
     """numpy objects that OpenMMLab checkpoints' metadata may hold, under the names that
     pickles written with numpy 1.x (``numpy.core``) and 2.x (``numpy._core``) use."""
     out: list[Any] = [np.ndarray, np.dtype]
-    try:
-        from numpy._core import multiarray as ma
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray as ma  # type: ignore[no-redef]
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out += [(ma._reconstruct, f"{mod}._reconstruct"), (ma.scalar, f"{mod}.scalar")]
+        out += [(_ma._reconstruct, f"{mod}._reconstruct"), (_ma.scalar, f"{mod}.scalar")]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
@@ -40,8 +42,6 @@ def read_mmdet_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict
     """``(state_dict, meta)`` of an MMDetection checkpoint (``{'state_dict': ..., 'meta': ...}``
     or a bare state dict), read with ``weights_only=True``. CheckpointError when it cannot be
     read that way."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
