@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import nn
 
 from hmrcli.files import atomic_write_bytes, atomic_write_text
-from hmrcli.nn.backbones import create_backbone
+from hmrcli.nn.backbones import BACKBONES, create_backbone
 from hmrcli.nn.mean_params import load_mean_params
 from hmrcli.nn.multiroi import CLIFFRegressor, MultiRoIHMR
 
@@ -99,7 +101,6 @@ class ArchitectureConfig:
 
     def validate(self, where: str = "<config>") -> None:
         """Raise CheckpointError naming ``where`` and the field when a value cannot be used."""
-        from hmrcli.nn.backbones import BACKBONES
 
         if self.arch not in ARCHS:
             raise _bad(self, where, "arch", " or ".join(ARCHS))
@@ -194,8 +195,6 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         try:
             sd = load_file(str(path))
@@ -314,7 +313,6 @@ def load_checkpoint(path: str | os.PathLike, aggregation: str | None = None) -> 
 
 def save_native(model: nn.Module, cfg: RegressorConfig, out: str | os.PathLike) -> Path:
     """Write ``OUT.safetensors`` + ``OUT.json`` atomically; returns the weights path."""
-    from safetensors.torch import save
 
     out = Path(out)
     if out.suffix != ".safetensors":

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from hmrcli.sources.base import (
@@ -63,7 +64,6 @@ def decode_image(data: bytes | np.ndarray, file: str | os.PathLike = "<bytes>", 
                  ) -> np.ndarray:
     """Decode an encoded image (file bytes) to RGB uint8 (H, W, 3); see the module docstring
     for orientation, depth, alpha and the size limit. Raises :class:`ImageReadError`."""
-    import cv2
 
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     if isinstance(data, np.ndarray):
@@ -174,7 +174,6 @@ class _Captures:
         self.caps: OrderedDict[str, list[Any]] = OrderedDict()
 
     def read(self, video: Path, frame: int, label: str) -> np.ndarray:
-        import cv2
 
         key = os.path.abspath(video)
         with self.lock:
@@ -219,7 +218,6 @@ _CAPTURES = _Captures()
 
 
 def _read_frame(video: Path, frame: int, label: str, max_pixels: int | None) -> np.ndarray:
-    import cv2
 
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     try:
@@ -238,7 +236,6 @@ def _read_frame(video: Path, frame: int, label: str, max_pixels: int | None) -> 
 def video_frame_count(video: str | os.PathLike) -> int:
     """Frames in a video per its container (``CAP_PROP_FRAME_COUNT``), counted by decoding
     when the container does not say; 0 when OpenCV cannot open it."""
-    import cv2
 
     cap = cv2.VideoCapture(str(video))
     try:

@@ -19,6 +19,7 @@ be checked against ``HMRCLI_MAX_PIXELS``. By hand, only what Pillow cannot do:
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import re
@@ -29,6 +30,7 @@ from functools import lru_cache
 from typing import IO, Any
 
 import numpy as np
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 
 @dataclass(frozen=True)
@@ -155,9 +157,7 @@ def _pillow_readers() -> tuple[tuple[str, Any, Any], ...]:
     """(format, reader class, magic test) of Pillow's plugins for :data:`_PILLOW_FORMATS`. JPEG:
     the plain reader, not ``Image.open``'s factory (which also reads an MPO's frame index and
     seeks to its first frame): it stops just after the first SOS segment."""
-    import importlib
 
-    from PIL import Image, JpegImagePlugin
 
     out = []
     for fmt, (_, module) in _PILLOW_FORMATS.items():
@@ -189,7 +189,6 @@ def _png_walk(fp: IO[bytes]) -> tuple[ImageInfo, bytes | None, bool]:
     For what Pillow's PNG reader does not give: the chunks after the data (it reads them only by
     decoding) and the header of a file it refuses but libpng decodes (a bad checksum in an
     ancillary chunk, an ICC profile over Pillow's size limit), whose size must still be checked."""
-    from PIL import ImageFile, PngImagePlugin
 
     stream = PngImagePlugin.PngStream(fp)
     size, alpha, exif, text, data = (0, 0), False, None, False, False
@@ -217,7 +216,6 @@ def _png_walk(fp: IO[bytes]) -> tuple[ImageInfo, bytes | None, bool]:
 def _tiff_size(fp: IO[bytes]) -> tuple[int, int]:
     """Width and height tags of a TIFF's first IFD, read with Pillow's tag reader (for a TIFF whose
     sample layout Pillow's image reader refuses but OpenCV decodes, e.g. float RGB)."""
-    from PIL import TiffImagePlugin
 
     fp.seek(0)
     head = fp.read(8)
@@ -285,7 +283,6 @@ def jpeg_scan_offset(data: bytes) -> int:
     """Offset of a JPEG's first scan data (just after its SOS segment), where Pillow's JPEG header
     reader stops. Raises ValueError (with Pillow's reason) when the header cannot be read:
     truncated before the first scan, damaged, or a variant Pillow does not read (12-bit)."""
-    from PIL import JpegImagePlugin
 
     fp = io.BytesIO(data)
     try:
@@ -301,7 +298,6 @@ def jpeg_scan_offset(data: bytes) -> int:
 def exif_orientation(tiff: bytes) -> int:
     """The Orientation tag (1..8) of a TIFF-structured EXIF block, with or without its
     ``Exif\\0\\0`` header (1 when absent or bad), read by Pillow's ``Image.Exif``."""
-    from PIL import Image
 
     try:
         exif = Image.Exif()
@@ -341,7 +337,6 @@ def image_orientation(data: bytes) -> int:
 def _camera_tags(path: str | os.PathLike) -> dict | None:
     """The Exif sub-IFD (camera tags) of a regular file, or None; only its headers are read (a
     FIFO or a device is never opened: opening a FIFO waits for a writer)."""
-    from PIL import Image
 
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):

@@ -319,7 +319,7 @@ def _read_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: invalid JSON ({e})") from None
     if suffix in (".yaml", ".yml"):
         try:
-            import yaml
+            import yaml  # optional: PyYAML only for .yaml configurations
         except ImportError:
             raise ConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
                               "or write the configuration as TOML or JSON") from None

@@ -122,6 +122,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -508,7 +509,6 @@ class SpinDataset(Dataset):
 
     def read_image(self, row: int) -> np.ndarray:
         """(H, W, 3) uint8 RGB of row ``row``'s image."""
-        import cv2
 
         p = self.root / self.imgnames[row]
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)

@@ -52,12 +52,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from hmrcli._version import __version__
 from hmrcli.bench import metrics as M
 from hmrcli.bench.datasets import DatasetError
 from hmrcli.body import load_body_model
 from hmrcli.files import atomic_write_bytes
+from hmrcli.nn.checkpoints import (
+    CheckpointError,
+    build_model,
+    detect_layout,
+    read_state_dict,
+    save_native,
+    to_native,
+)
 from hmrcli.nn.mean_params import load_mean_params
 from hmrcli.train.config import TrainConfig, config_to_dict
 from hmrcli.train.data import GlobalIndexSampler, MixedDataset, SpinDataset, collate
@@ -144,12 +153,6 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str,
     names that did not load: ``missing`` (in the model, not in the file), ``unexpected``
     (in the file only) and ``shape_mismatch`` (``[name, file shape, model shape]``).
     """
-    from hmrcli.nn.checkpoints import (
-        CheckpointError,
-        detect_layout,
-        read_state_dict,
-        to_native,
-    )
 
     try:
         p = resolve_checkpoint(path)
@@ -205,7 +208,6 @@ def _check_betas_space(datasets, body) -> None:
 
 
 def _loader(dataset, batch_size: int, sampler, num_workers: int, seed: int, pin: bool):
-    from torch.utils.data import DataLoader
 
 
     # A private generator: creating the iterator must not draw from the global torch RNG.
@@ -341,7 +343,6 @@ def _provenance(cfg: TrainConfig, step: int, body, init_report, metrics, last_lo
 
 def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None) -> TrainResult:
     """Train (or resume training) as configured; see the module docstring."""
-    from hmrcli.nn.checkpoints import build_model, read_state_dict, save_native
 
     t_start = time.perf_counter()
     device = _device(cfg.device)
@@ -418,6 +419,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     log_path = out_dir / "metrics.jsonl"
     tb = None
     try:
+        # optional: tensorboard may not be installed
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step if step else None)

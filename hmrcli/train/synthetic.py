@@ -41,12 +41,16 @@ from __future__ import annotations
 
 import colorsys
 import json
+import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -150,7 +154,6 @@ def _gradient(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 
 def _noise(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    import cv2
 
     gw = int(rng.integers(3, 33))
     gh = max(2, int(round(gw * h / w)))
@@ -183,7 +186,6 @@ _MAKERS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
 
 def _shapes(rng: np.random.Generator, img: np.ndarray) -> None:
     """Draw a few random filled rectangles and circles (clutter) in place."""
-    import cv2
 
     h, w = img.shape[:2]
     for _ in range(int(rng.integers(1, 8))):
@@ -325,7 +327,6 @@ def _render(people: list[SyntheticPerson], faces: np.ndarray, K: np.ndarray, wh:
     img = out.rgb.astype(np.float32)
     img += rng.normal(0, rng.uniform(0, config.image_noise), size=img.shape).astype(np.float32)
     if rng.uniform() < 0.3:
-        import cv2
 
         img = cv2.GaussianBlur(img, (3, 3), 0)
     return np.clip(img, 0, 255).round().astype(np.uint8), out.mask
@@ -347,7 +348,6 @@ def make_image(
     """Draw, render and write image ``index`` (``default_rng([seed, index])``); returns its
     people's label rows (``_labels`` plus ``imgname``, ``maskname``, ``mask_index``), at most
     ``cap`` of them.  An image with no accepted person writes nothing and returns []."""
-    import cv2
 
     rng = np.random.default_rng([seed, index])
     lo, hi = config.people
@@ -395,8 +395,6 @@ def _image_rows(root: Path, seed: int, config: SyntheticConfig, body: BodyModel 
         while True:
             yield i, make_image(root, i, seed, config, body)
             i += 1
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
         pending: dict[int, Any] = {}
@@ -447,7 +445,6 @@ def write_synthetic_dataset(
     Returns:
         Summary dict: ``npz``, ``samples``, ``images``, ``seconds``.
     """
-    import time
 
     if n_samples <= 0:
         raise ValueError("n_samples must be positive")
