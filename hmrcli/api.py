@@ -20,10 +20,10 @@ from hmrcli.engine.fit import FitEngine, RefinedEngine
 from hmrcli.engine.regress import PersonBox, RegressionEngine
 from hmrcli.fit.optimize import FitOptions
 from hmrcli.nn.checkpoints import RegressorConfig
-from hmrcli.weights.catalogue import load_regressor
+from hmrcli.weights.catalogue import RUNTIMES, load_regressor
 
 __all__ = ["load_regressor", "load_body_model", "estimate_people", "make_engine", "EngineChoice", "EngineSpec",
-           "RegressorConfig"]
+           "RegressorConfig", "RUNTIMES"]
 
 
 def estimate_people(
@@ -71,6 +71,7 @@ def make_engine(
     landmarks: str = "full",
     pose_prior: str = "relaxed",
     refine: str = "none",
+    runtime: str = "torch",
 ):
     """The engine ``hmrcli infer`` runs, for the batch pipeline (:func:`hmrcli.pipeline.run_inference`)
     or direct ``prepare``/``run`` calls. Returns ``(engine, choice)``.
@@ -79,6 +80,8 @@ def make_engine(
     body model fitted to BlazePose landmarks on ``rois`` RoIs, ``landmarks`` full|heavy,
     ``pose_prior`` relaxed|gmm) or ``auto`` (regress with a checkpoint, else fit);
     ``refine``: none, fit or pc-hmr after it. ``body`` defaults to ``load_body_model("auto")``.
+    ``runtime``: what runs the regressor, ``torch`` or ``onnx`` (onnxruntime; ``checkpoint`` must
+    then be an ``.onnx`` file from ``hmrcli weights export-onnx``, and ``precision`` fp32).
     Raises ValueError for bad combinations, CheckpointError / DetectorUnavailable when a
     checkpoint or BlazePose cannot be loaded."""
     if engine not in ENGINES:
@@ -89,6 +92,8 @@ def make_engine(
         raise ValueError(f"landmarks must be full or heavy, got {landmarks!r}")
     if pose_prior not in ("relaxed", "gmm"):
         raise ValueError(f"pose_prior must be relaxed or gmm, got {pose_prior!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     choice = EngineChoice(engine if engine != "auto" else ("regress" if checkpoint else "fit"))
     choice.reason = (f"regressor checkpoint {checkpoint}" if checkpoint else
                      "no regressor checkpoint configured (--checkpoint / HMRCLI_CHECKPOINT): fitting the body model "
@@ -96,6 +101,14 @@ def make_engine(
     if choice == "regress" and checkpoint is None:
         raise ValueError("the regression engine needs a regressor checkpoint: pass a file or a name from "
                          "`hmrcli weights list` (hmrcli doctor shows which are found), or use the fit engine")
+    if runtime == "onnx" and choice != "regress":
+        raise ValueError("--runtime onnx runs the regression engine's network: it needs --engine regress (or auto) "
+                         "and an .onnx --checkpoint from `hmrcli weights export-onnx`")
+    if runtime == "onnx":
+        if precision not in ("fp32", "auto"):
+            raise ValueError(f"--runtime onnx runs the exported fp32 graph: --precision {precision} does not apply to "
+                             "it (use fp32)")
+        precision = "fp32"  # (autocast would not reach onnxruntime)
     if choice == "fit" and refine == "fit":
         refine = "none"  # the fit engine already fits
 
@@ -103,7 +116,7 @@ def make_engine(
         body = load_body_model("auto")
     if choice == "regress":
 
-        net = load_regressor(checkpoint, device=device, aggregation=aggregation)
+        net = load_regressor(checkpoint, device=device, aggregation=aggregation, runtime=runtime)
         eng = RegressionEngine(net, body, device=device, precision=precision, batch_size=batch_size)
     else:
         eng = FitEngine(body, device=device, num_rois=rois, batch_size=batch_size, landmark_model=landmarks,
@@ -119,9 +132,9 @@ class EngineSpec:
     """Everything :func:`make_engine` and :func:`load_body_model` need, built where the engine
     runs (:meth:`build`): ``hmrcli infer`` builds it in its own process, the Ray executor once
     in each worker (a loaded network cannot be sent between machines; a spec can). Fields as
-    for :func:`make_engine`, plus the body model's (``body_model`` smpl|free|auto,
-    ``gender``, ``smpl_dir``). ``device`` ``"auto"`` is resolved where it is built (``cuda``
-    when that process sees a GPU, else ``cpu``)."""
+    for :func:`make_engine` (``runtime`` included: ``torch`` or ``onnx``), plus the body model's
+    (``body_model`` smpl|free|auto, ``gender``, ``smpl_dir``). ``device`` ``"auto"`` is resolved
+    where it is built (``cuda`` when that process sees a GPU, else ``cpu``)."""
 
     engine: str = "auto"
     checkpoint: str | None = None
@@ -136,6 +149,7 @@ class EngineSpec:
     landmarks: str = "full"
     pose_prior: str = "relaxed"
     refine: str = "none"
+    runtime: str = "torch"
 
     def build(self):
         """``(engine, choice)`` as :func:`make_engine` returns them."""

