@@ -34,7 +34,9 @@ from hmrcli.fit.optimize import (
     FitTargets,
     KeypointBody,
     fit_bodies,
+    meshes_one_by_one,
 )
+from hmrcli.fit.pchmr import calibrate_mesh, smpl24_from_blazepose33
 
 __all__ = ["FitEngine", "RefinedEngine", "REFINERS"]
 
@@ -151,8 +153,7 @@ def _estimates(body: BodyModel, metas: list[dict[str, Any]], fit, how: str,
                base: list[PersonEstimate] | None = None) -> list[PersonEstimate]:
     """PersonEstimates from a fit. metas[k]: {"lm": PersonLandmarks, "image_wh", "focal",
     "principal", "box": PersonBox}; ``base``: the estimates a refinement started from."""
-    out = body(torch.from_numpy(fit.rotmats), torch.from_numpy(fit.betas))
-    verts, joints = out.vertices.numpy(), out.joints.numpy()
+    verts, joints = meshes_one_by_one(body, fit.rotmats, fit.betas)
     ests = []
     for k, m in enumerate(metas):
         lm: PersonLandmarks = m["lm"]
@@ -274,8 +275,6 @@ class RefinedEngine:
         return _estimates(self.body, metas, fit, "refine_fit", base)
 
     def _refine_pchmr(self, chunk, prepared, base: list[PersonEstimate]) -> list[PersonEstimate]:
-        from hmrcli.fit.pchmr import calibrate_mesh, smpl24_from_blazepose33
-
         lms = [prepared[i][0].landmarks[j] for i, j in chunk]
         world = torch.from_numpy(np.stack([lm.blazepose3d for lm in lms]))
         vis = torch.from_numpy(np.stack([lm.blazepose_vis for lm in lms]))
