@@ -64,7 +64,7 @@ def make_engine(
     checkpoint: str | os.PathLike | None = None,
     body=None,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     batch_size: int = 16,
     aggregation: str | None = None,
     rois: int = 5,
@@ -72,6 +72,7 @@ def make_engine(
     pose_prior: str = "relaxed",
     refine: str = "none",
     runtime: str = "torch",
+    compile: bool = False,
 ):
     """The engine ``hmrcli infer`` runs, for the batch pipeline (:func:`hmrcli.pipeline.run_inference`)
     or direct ``prepare``/``run`` calls. Returns ``(engine, choice)``.
@@ -82,7 +83,8 @@ def make_engine(
     ``refine``: none, fit or pc-hmr after it. ``body`` defaults to ``load_body_model("auto")``.
     ``runtime``: what runs the regressor, ``torch`` or ``onnx`` (onnxruntime; ``checkpoint`` must
     then be an ``.onnx`` file from ``hmrcli weights export-onnx``, and ``precision`` fp32).
-    Raises ValueError for bad combinations, CheckpointError / DetectorUnavailable when a
+    ``precision``: auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (CUDA);
+    ``compile``: ``torch.compile`` the network (regress, torch runtime). Raises ValueError for bad combinations, CheckpointError / DetectorUnavailable when a
     checkpoint or BlazePose cannot be loaded."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -117,7 +119,8 @@ def make_engine(
     if choice == "regress":
 
         net = load_regressor(checkpoint, device=device, aggregation=aggregation, runtime=runtime)
-        eng = RegressionEngine(net, body, device=device, precision=precision, batch_size=batch_size)
+        eng = RegressionEngine(net, body, device=device, precision=precision, batch_size=batch_size,
+                               compile=compile)
     else:
         eng = FitEngine(body, device=device, num_rois=rois, batch_size=batch_size, landmark_model=landmarks,
                         options=FitOptions(pose_prior=pose_prior))
@@ -142,7 +145,7 @@ class EngineSpec:
     gender: str = "neutral"
     smpl_dir: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     batch_size: int = 16
     aggregation: str | None = None
     rois: int = 5
@@ -150,6 +153,7 @@ class EngineSpec:
     pose_prior: str = "relaxed"
     refine: str = "none"
     runtime: str = "torch"
+    compile: bool = False
 
     def build(self):
         """``(engine, choice)`` as :func:`make_engine` returns them."""

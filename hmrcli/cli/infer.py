@@ -59,7 +59,10 @@ def infer(
                        "meshes rendered over the photo.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16 or fp16 "
+                         "(CUDA only).")] = "auto",
+    compile_net: Annotated[bool, typer.Option("--compile/--no-compile", help="Regression engine: torch.compile the "
+                           "network (slow first batch, faster after; batches padded to --batch-size).")] = False,
     runtime: Annotated[str, typer.Option("--runtime", help="What runs the regressor (--engine regress): torch, or "
                        "onnx (onnxruntime; --checkpoint must be an .onnx file from `hmrcli weights export-onnx`; "
                        "CUDA/TensorRT providers on cuda when onnxruntime has them; fp32).")] = "torch",
@@ -164,11 +167,11 @@ def infer(
     spec = EngineSpec(engine=engine, checkpoint=checkpoint, body_model=body_model, gender=gender, smpl_dir=smpl_dir,
                       device=device if executor == "ray" else resolve_device(device), precision=precision,
                       batch_size=batch_size, aggregation=aggregation, rois=rois, landmarks=landmarks,
-                      pose_prior=pose_prior, refine=refine, runtime=runtime)
+                      pose_prior=pose_prior, refine=refine, compile=compile_net, runtime=runtime)
     try:
         # with --executor ray the workers build their own engines; this one (on the CPU) checks the
         # options and the files here, before a cluster is started, and says which engine runs
-        eng, choice = (spec if executor == "local" else replace(spec, device="cpu", precision="fp32")).build()
+        eng, choice = (spec if executor == "local" else replace(spec, device="cpu", precision="fp32", compile=False)).build()
         body = eng.body
     except DetectorUnavailable as e:
         stderr.print(f"error: the fitting engine needs MediaPipe's BlazePose (the [fit] extra; `make install-fit`): {e}",

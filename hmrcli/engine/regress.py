@@ -5,11 +5,37 @@ aspect), the M RoIs of the fixed layout are cropped, ``bbox_info`` is computed w
 image's focal length, the network regresses pose/shape/local camera per RoI, the person's
 estimate follows the checkpoint's aggregation, and RoI 0's local camera gives the
 full-image perspective camera (docs/method.md §4). Batched over persons.
+
+Where the crops are cut (``crops``), one path per device, chosen by measurement:
+
+* ``"torch"`` (default on CUDA): ``prepare`` keeps the image (a uint8 tensor, in pinned
+  memory) and the RoIs' affines; ``run`` cuts every RoI of every person of a batch on the
+  device in one ``grid_sample`` (:func:`hmrcli.geometry.crop_batch`), so the loader thread
+  does no per-RoI work and only the images cross the bus.
+* ``"cv2"`` (default on the CPU): ``prepare`` cuts each RoI with ``cv2.warpAffine``
+  (:func:`hmrcli.geometry.crop_image_np`) on the loader thread. Measured on the CPU
+  (:func:`hmrcli.bench.speed.measure_crops`: 2 shared cores, 1-16 persons x 5 RoIs of
+  1920x1080 images, 256x192 crops): 1.6-4.1 ms per person for OpenCV (crops, upload and float
+  conversion) against 13-46 ms for the torch path (the float canvas of the images and a
+  trilinear ``grid_sample``), and the OpenCV crops are cut on the loader thread, in parallel
+  with the network.
+
+Both paths use the same :func:`hmrcli.geometry.crop_affine` matrices and pixel-centre
+convention; their crops agree within 1 grey level (OpenCV rounds to uint8 and quantises
+positions to 1/32 px), so the estimates agree to float noise of the network
+(tests/test_engine_device_crops.py).
+
+Network speed knobs (constructor): ``precision`` (``"auto"``: bf16 autocast on CUDA, fp32 on
+the CPU), ``channels_last`` (default on, on every device: measured 10-25 % faster on the CPU
+too), ``compile`` (``torch.compile`` of the
+network, off by default) and ``backbone_chunk`` (how many crops the backbone sees at once;
+default per device, :data:`DEFAULT_BACKBONE_CHUNK`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,47 +47,135 @@ from hmrcli import geometry as G
 from hmrcli.body import BodyModel
 from hmrcli.engine.base import PersonBox, PersonEstimate, Prepared, finished_images
 
-__all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "RegressPrepared", "PRECISIONS"]  # (the records: hmrcli.engine.base)
+__all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "RegressPrepared",  # (the records: hmrcli.engine.base)
+           "PRECISIONS", "CROP_PATHS", "DEFAULT_BACKBONE_CHUNK", "DEFAULT_CPU_BATCH_SIZE", "resolve_precision",
+           "default_backbone_chunk", "batch_size_for_memory"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: where the crops are cut: "auto" (torch on CUDA, cv2 on the CPU), "cv2" or "torch"
+CROP_PATHS = ("auto", "cv2", "torch")
+#: crops per backbone call by device type (0: all B*M crops at once). CPU: measured with
+#: ResNet-50 on 256x192 crops in fp32 (one thread, configurations interleaved, best of 3, ms
+#: per crop): one at a time 191, chunks of 4 150, of 8 146, of 16 189, all 80 at once 246 (16
+#: at once 172): past ~8 crops the activations outgrow the caches. With 8 (and channels_last),
+#: M = 5 costs 4.0-5.1x M = 1 per person at batch 1, 4 and 16 (`hmrcli benchmark --speed
+#: --device cpu`, 2 shared cores; 4.8-6.3x before) and the peak memory at batch 16, M = 5 fell
+#: from 1.57 to 0.92 GiB. CUDA: all at once (a GPU wants big batches; benchmarks/gpu_check.sh
+#: measures it).
+DEFAULT_BACKBONE_CHUNK = {"cpu": 8, "cuda": 0}
+#: ``batch_size="auto"`` on the CPU (the time per person no longer grows with the batch once
+#: the backbone is chunked; 16 keeps the peak memory near 1 GB with M = 5)
+DEFAULT_CPU_BATCH_SIZE = 16
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA, ``"fp32"`` elsewhere; ``fp32``/``bf16``/``fp16`` as
+    given (``fp16`` only on CUDA). Raises ValueError for anything else."""
+    dev = torch.device(device)
+    if precision == "auto":
+        return "bf16" if dev.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return precision
+
+
+def default_backbone_chunk(device: str | torch.device) -> int:
+    """:data:`DEFAULT_BACKBONE_CHUNK` for the device's type (0: no chunking)."""
+    return DEFAULT_BACKBONE_CHUNK.get(torch.device(device).type, 0)
+
+
+def batch_size_for_memory(free_bytes: int, per_person_bytes: int, fraction: float = 0.6, cap: int = 256) -> int:
+    """Persons per batch that fit in ``fraction`` of ``free_bytes`` at ``per_person_bytes``
+    each, clamped to [1, cap]."""
+    if per_person_bytes <= 0:
+        return cap
+    return int(max(1, min(cap, (fraction * free_bytes) // per_person_bytes)))
 
 
 @dataclass(kw_only=True)
 class RegressPrepared(Prepared):
     """One image prepared for the network: per person, the crop box (cx, cy, b) pixels, the M
-    RoIs (M, 3), their crops (M, h, w, 3) uint8 RGB and bbox_info (M, 3)."""
+    RoIs (M, 3), their image -> crop affines (M, 2, 3) and bbox_info (M, 3); and either the
+    crops (M, h, w, 3) uint8 RGB (the cv2 path) or the image itself as a uint8 (H, W, 3)
+    tensor (the torch path, pinned when the engine runs on CUDA), which ``run`` crops."""
 
-    crops: np.ndarray
     crop_boxes: np.ndarray
     rois: np.ndarray
     bbox_info: np.ndarray
+    affines: np.ndarray
+    crops: np.ndarray | None = None
+    image: torch.Tensor | None = None
 
 
 class RegressionEngine:
-    """Runs a loaded regressor (``hmrcli.load_regressor``) and a body model on persons."""
+    """Runs a loaded regressor (``hmrcli.load_regressor``) and a body model on persons.
+
+    Args:
+        model: the regressor (``model(crops (B,M,3,H,W), bbox_info (B,M,3))`` with a ``config``).
+        body: the body model.
+        device: where the network runs.
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on the CPU), ``"fp32"``, ``"bf16"``
+            or ``"fp16"`` (CUDA only). ``self.precision`` is the resolved one.
+        batch_size: persons per network call, or ``"auto"`` (:meth:`auto_batch_size`: from
+            the free GPU memory on CUDA, :data:`DEFAULT_CPU_BATCH_SIZE` on the CPU).
+        crops: ``"auto"`` (torch on CUDA, cv2 on the CPU), ``"cv2"`` or ``"torch"`` (module
+            docstring).
+        channels_last: NHWC memory format for the crops and the network's weights (None: on,
+            on every device: tensor cores on CUDA want it, and on the CPU it was measured
+            faster too).
+        compile: ``torch.compile`` the network (first batches are slow while it compiles;
+            every batch is padded to ``batch_size`` persons so that one compilation serves the
+            whole run).
+        backbone_chunk: crops per backbone call, 0 for all at once (None: per device,
+            :data:`DEFAULT_BACKBONE_CHUNK`); results are the same.
+    """
 
     def __init__(
         self,
         model: torch.nn.Module,
         body: BodyModel,
         device: str | torch.device = "cpu",
-        precision: str = "fp32",
-        batch_size: int = 16,
+        precision: str = "auto",
+        batch_size: int | str = 16,
+        *,
+        crops: str = "auto",
+        channels_last: bool | None = None,
+        compile: bool = False,
+        backbone_chunk: int | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         self.device = torch.device(device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("--precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-        self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
+        if crops not in CROP_PATHS:
+            raise ValueError(f"crops must be one of {', '.join(CROP_PATHS)}; got {crops!r}")
+        self.crop_path = ("torch" if self.device.type == "cuda" else "cv2") if crops == "auto" else crops
+        self.channels_last = True if channels_last is None else bool(channels_last)
+        self.backbone_chunk = default_backbone_chunk(self.device) if backbone_chunk is None else int(backbone_chunk)
+        if self.backbone_chunk < 0:
+            raise ValueError(f"backbone_chunk must be >= 0 (0: no chunking); got {backbone_chunk}")
+        # (the layout of the weights follows the engine's setting, also for a model shared by engines)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(self.device).eval().to(memory_format=fmt)
         self.cfg = model.config
         self.body = body
-        self.precision = precision
-        self.batch_size = max(1, int(batch_size))
+        self.compile = bool(compile)
+        # the chunk goes to models that take it (MultiRoIHMR, CLIFFRegressor), as an argument:
+        # the model object may be shared by engines with other settings
+        takes_chunk = "backbone_chunk" in inspect.signature(self.model.forward).parameters
+        self._net_kwargs = {"backbone_chunk": self.backbone_chunk or None} if takes_chunk else {}
+        self._net = torch.compile(self.model) if self.compile else self.model
         # Published checkpoints regress SMPL betas; another body model's shape space is
         # unrelated, so those betas are not applied to it (mean shape instead).
         self.betas_applied = self.cfg.body_model == "smpl" and body.info.betas_are_smpl
         self.betas_space = self.cfg.body_model
+        if batch_size == "auto":
+            self.batch_size = DEFAULT_CPU_BATCH_SIZE
+            self.batch_size = self.auto_batch_size()
+        elif isinstance(batch_size, str):
+            raise ValueError(f"batch_size must be a positive integer or 'auto'; got {batch_size!r}")
+        else:
+            self.batch_size = max(1, int(batch_size))
 
     name = "regress"
 
@@ -79,10 +193,17 @@ class RegressionEngine:
                           "checkpoint": self.model.config.provenance.get("source_file", "")},
         }
 
-    # -- preparation (numpy, CPU) ------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The speed settings in effect (for logs and benchmarks; not part of the results)."""
+        return {"device": str(self.device), "precision": self.precision, "crops": self.crop_path,
+                "channels_last": self.channels_last, "compile": self.compile,
+                "backbone_chunk": self.backbone_chunk, "batch_size": self.batch_size}
+
+    # -- preparation (per image, on the loader thread) ----------------------------
     def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
                 principal: tuple[float, float] | None = None) -> RegressPrepared:
-        """Crops (N, M, h, w, 3) uint8, RoIs (N, M, 3), bbox_info (N, M, 3) for one RGB image.
+        """RoIs (N, M, 3), affines (N, M, 2, 3), bbox_info (N, M, 3) for one RGB image, and
+        the crops (N, M, h, w, 3) uint8 (cv2 path) or the image as a tensor (torch path).
         ``focal`` (pixels; None: sqrt(W^2 + H^2)) and ``principal`` (cu, cv) pixels (None: the
         image centre) enter bbox_info and the camera conversion."""
         h_img, w_img = image.shape[:2]
@@ -93,30 +214,92 @@ class RegressionEngine:
         crop_boxes = G.box_from_xyxy(xyxy, aspect=cfg.aspect, rescale=cfg.box_rescale)
         rois = G.make_rois(crop_boxes, cfg.num_rois)
         affines = G.crop_affine(rois, cfg.crop_hw)
-        crops = np.zeros((len(persons), cfg.num_rois, *cfg.crop_hw, 3), dtype=np.uint8)
-        for i in range(len(persons)):
-            for m in range(cfg.num_rois):
-                crops[i, m] = G.crop_image_np(image, affines[i, m], cfg.crop_hw)
         info = G.bbox_info(rois, (w_img, h_img), f, c)
+        crops = tensor = None
+        if self.crop_path == "cv2":
+            crops = np.zeros((len(persons), cfg.num_rois, *cfg.crop_hw, 3), dtype=np.uint8)
+            for i in range(len(persons)):
+                for m in range(cfg.num_rois):
+                    crops[i, m] = G.crop_image_np(image, affines[i, m], cfg.crop_hw)
+        elif persons:
+            tensor = torch.from_numpy(np.ascontiguousarray(image))
+            if self.device.type == "cuda":
+                tensor = tensor.pin_memory()  # a copy: the upload in run() is asynchronous
         return RegressPrepared(image_wh=(w_img, h_img), focal=f, principal=(float(c[0]), float(c[1])),
-                               problems=[""] * len(persons), crops=crops, crop_boxes=crop_boxes, rois=rois,
-                               bbox_info=info)
+                               problems=[""] * len(persons), crop_boxes=crop_boxes, rois=rois, bbox_info=info,
+                               affines=affines, crops=crops, image=tensor)
 
-    # -- network + body model ----------------------------------------------------
+    # -- network -----------------------------------------------------------------
+    def batch_crops(self, prepared: list[tuple[RegressPrepared, list[PersonBox]]],
+               chunk: list[tuple[int, int]]) -> torch.Tensor:
+        """The batch's crops (B, M, 3, h, w), float 0..255 on the device."""
+        if self.crop_path == "cv2":
+            crops = np.stack([prepared[i][0].crops[j] for i, j in chunk])
+            return torch.from_numpy(crops).to(self.device).permute(0, 1, 4, 2, 3).float()
+        order: dict[int, int] = {}  # the batch's images, each once
+        for i, _ in chunk:
+            order.setdefault(i, len(order))
+        images = [prepared[i][0].image for i in order]
+        index = [order[i] for i, _ in chunk]
+        affines = np.stack([prepared[i][0].affines[j] for i, j in chunk])
+        return G.crop_batch(images, index, affines, self.cfg.crop_hw, device=self.device)
+
     @torch.no_grad()
-    def _forward(self, crops: np.ndarray, info: np.ndarray) -> dict[str, torch.Tensor]:
-        x = torch.from_numpy(crops).to(self.device).permute(0, 1, 4, 2, 3).float()
-        x = G.normalize_crops(x)
-        bi = torch.from_numpy(np.asarray(info, dtype=np.float32)).to(self.device)
+    def forward_network(self, crops: torch.Tensor, info: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network, with this engine's precision, memory format, backbone chunking and
+        compilation, on crops (B, M, 3, h, w) float 0..255 and bbox_info (B, M, 3) on the
+        device -> float32 ``rotmats`` (B, 24, 3, 3), ``betas`` (B, 10), ``cams`` (B, M, 3)."""
+        x = G.normalize_crops(crops)
+        bi = info.to(device=self.device, dtype=torch.float32)
+        b = x.shape[0]
+        if self.compile and b < self.batch_size:  # one shape for the whole run: one compilation
+            x = torch.cat([x, x.new_zeros((self.batch_size - b, *x.shape[1:]))])
+            bi = torch.cat([bi, bi.new_zeros((self.batch_size - b, *bi.shape[1:]))])
+        shape = x.shape  # (B, M, 3, h, w): the layout is that of the B*M crops the backbone sees
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.reshape(-1, *shape[2:]).contiguous(memory_format=fmt).reshape(shape)
         dt = PRECISIONS[self.precision]
         ctx = torch.autocast(self.device.type, dtype=dt) if dt is not None else contextlib.nullcontext()
         with ctx:
-            out = self.model(x, bi)
+            out = self._net(x, bi, **self._net_kwargs)
         return {
-            "rotmats": out.person_rotmats.float(),
-            "betas": out.person_betas.float(),
-            "cams": out.cams.float(),
+            "rotmats": out.person_rotmats[:b].float(),
+            "betas": out.person_betas[:b].float(),
+            "cams": out.cams[:b].float(),
         }
+
+    def auto_batch_size(self, image_pixels: float = 12e6, fraction: float = 0.6, cap: int = 256) -> int:
+        """Persons per batch for ``batch_size="auto"``. CPU: :data:`DEFAULT_CPU_BATCH_SIZE`.
+        CUDA: from the free memory (``torch.cuda.mem_get_info``) and the memory one more person
+        takes, measured as the difference of the peak memory of this engine's network on 2 and
+        1 random persons, plus, on the torch crop path, the crop canvas of one image of
+        ``image_pixels`` per person (worst case: every person in its own image; float32 RGB
+        plus the uint8 upload): ``batch_size_for_memory(free, per_person, fraction, cap)``."""
+        if self.device.type != "cuda":
+            return DEFAULT_CPU_BATCH_SIZE
+        m = self.cfg.num_rois
+        h, w = self.cfg.crop_hw
+        saved = getattr(self, "batch_size", 1), self._net
+        self.batch_size, self._net = 1, self.model  # (measured uncompiled: no compilation for two shapes)
+        try:
+            peaks = []
+            for b in (1, 2):
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                base = torch.cuda.memory_allocated(self.device)
+                crops = torch.rand(b, m, 3, h, w, device=self.device) * 255
+                info = torch.zeros(b, m, 3, device=self.device)
+                self.forward_network(crops, info)
+                torch.cuda.synchronize(self.device)
+                peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
+                del crops, info
+        finally:
+            self.batch_size, self._net = saved
+        per_person = max(peaks[1] - peaks[0], 1)
+        if self.crop_path == "torch":
+            per_person += int(image_pixels * 3 * (4 + 1))
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return batch_size_for_memory(free, per_person, fraction, cap)
 
     def run(self, prepared: list[tuple[RegressPrepared, list[PersonBox]]], *,
             stop: Callable[[], bool] | None = None,
@@ -125,24 +308,29 @@ class RegressionEngine:
         (``stop``, ``on_persons``: :meth:`hmrcli.engine.base.Engine.run`)."""
         flat = [(i, j) for i, (p, persons) in enumerate(prepared) for j in range(len(persons))]
         results: list[list[PersonEstimate | None]] = [[None] * len(p[1]) for p in prepared]
+        dev, f64 = self.device, torch.float64
         for s in range(0, len(flat), self.batch_size):
             if s and stop is not None and stop():
                 return results[:finished_images(flat, s, len(prepared))]  # type: ignore[return-value]
             chunk = flat[s:s + self.batch_size]
-            crops = np.stack([prepared[i][0].crops[j] for i, j in chunk])
             info = np.stack([prepared[i][0].bbox_info[j] for i, j in chunk])
-            net = self._forward(crops, info)
+            net = self.forward_network(self.batch_crops(prepared, chunk), torch.from_numpy(info))
             rois = np.stack([prepared[i][0].rois[j] for i, j in chunk])
             img_wh = np.array([prepared[i][0].image_wh for i, j in chunk], dtype=np.float64)
             focal = np.array([prepared[i][0].focal for i, j in chunk], dtype=np.float64)
             principal = np.array([prepared[i][0].principal for i, j in chunk], dtype=np.float64)
-            cams = net["cams"].cpu().double().numpy()
-            cam_t = G.local_to_full(cams[:, 0], rois[:, 0], img_wh, focal, principal=principal)
+            cams_t = net["cams"].double()
+            # CLIFF's camera conversion on the device, in float64 (RoI 0's camera)
+            cam_t = G.local_to_full(cams_t[:, 0], torch.from_numpy(rois[:, 0]).to(dev, f64),
+                                    torch.from_numpy(img_wh).to(dev, f64), torch.from_numpy(focal).to(dev, f64),
+                                    principal=torch.from_numpy(principal).to(dev, f64))
             betas = net["betas"]
             body_betas = betas if self.betas_applied else torch.zeros_like(betas)
             body_out = self.body(net["rotmats"].double(), body_betas.double())
             verts = body_out.vertices.cpu().numpy()
             joints = body_out.joints.cpu().numpy()
+            cams = cams_t.cpu().numpy()
+            cam_t = cam_t.cpu().numpy()
             rot = net["rotmats"].cpu().double().numpy()
             betas_np = betas.cpu().double().numpy()
             for k, (i, j) in enumerate(chunk):
