@@ -65,7 +65,7 @@ def make_engine(
     body=None,
     device: str | torch.device = "cpu",
     precision: str = "auto",
-    batch_size: int = 16,
+    batch_size: int | str = "auto",
     aggregation: str | None = None,
     rois: int = 5,
     landmarks: str = "full",
@@ -122,7 +122,9 @@ def make_engine(
         eng = RegressionEngine(net, body, device=device, precision=precision, batch_size=batch_size,
                                compile=compile)
     else:
-        eng = FitEngine(body, device=device, num_rois=rois, batch_size=batch_size, landmark_model=landmarks,
+        # (the fitting engine fits each person on its own: its batch only groups the progress reports)
+        eng = FitEngine(body, device=device, num_rois=rois, batch_size=16 if batch_size == "auto" else batch_size,
+                        landmark_model=landmarks,
                         options=FitOptions(pose_prior=pose_prior))
     if refine != "none":
         eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks,
@@ -146,7 +148,7 @@ class EngineSpec:
     smpl_dir: str | None = None
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 16
+    batch_size: int | str = "auto"
     aggregation: str | None = None
     rois: int = 5
     landmarks: str = "full"

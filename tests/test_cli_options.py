@@ -330,3 +330,34 @@ def test_weights_list_shows_the_registry_and_what_is_present(tmp_path, monkeypat
         p = e["published"]
         assert lines[name][2] == f"{p['dataset'].upper()} {p['split']} box AP {p['box AP']}", name
     assert "hmrcli weights list --json" in r.stdout
+
+
+# --------------------------------------------------------------------------- --batch-size
+
+
+def test_batch_size_auto_and_numbers(constant, tmp_path, monkeypatch):
+    """--batch-size N or auto reaches the engine (auto: 16 on the CPU); the step of images
+    follows it within 8..32 for the regression engine; bad values exit 2 naming the option."""
+    from hmrcli.engine import regress
+    from hmrcli.pipeline import run as run_mod
+
+    path, image = _image(tmp_path)
+    boxes = _boxes(tmp_path, path, image, [{"box_xyxy": [10, 10, 100, 200], "score": 0.9}])
+    seen = []
+    real = run_mod.execute
+
+    def spy(todo, engine, opts, *a, **kw):
+        seen.append((engine.batch_size, opts.images_per_step))
+        return real(todo, engine, opts, *a, **kw)
+
+    monkeypatch.setattr(run_mod, "execute", spy)
+    for arg, want in ((None, (regress.DEFAULT_CPU_BATCH_SIZE, 16)), ("auto", (16, 16)), ("3", (3, 8)),
+                      ("64", (64, 32))):
+        out = tmp_path / f"out{arg}"
+        r = _infer(path, "--boxes", boxes, "--checkpoint", constant, "--body-model", "free", "--out", out,
+                   *(["--batch-size", arg] if arg else []))
+        assert r.exit_code == 0, r.output
+        assert seen[-1] == want, (arg, seen)
+    for bad in ("0", "-2", "many", "1.5"):
+        r = _infer(path, "--boxes", boxes, "--checkpoint", constant, "--out", tmp_path / "bad", "--batch-size", bad)
+        assert r.exit_code == 2 and "--batch-size" in r.output, (bad, r.output)

@@ -253,7 +253,7 @@ def test_precision_and_defaults_per_device(sensitive, body):
         resolve_precision("int8", "cpu")
     eng = RegressionEngine(sensitive, body)
     assert eng.settings() == {"device": "cpu", "precision": "fp32", "crops": "cv2", "channels_last": True,
-                              "compile": False, "backbone_chunk": 8, "batch_size": 16}
+                              "compile": False, "backbone_chunk": 8, "batch_size": 16, "overlap": True}
     with pytest.raises(ValueError, match="crops must be"):
         RegressionEngine(sensitive, body, crops="gpu")
     with pytest.raises(ValueError, match="backbone_chunk"):
@@ -287,6 +287,48 @@ def test_compiled_network_gives_the_same_estimates(sensitive, body):
     _compare(a, b, cams=1e-4, rot=1e-4, betas=1e-4, verts=1e-4, cam_t=1e-4)
 
 
+def _exactly_equal(a, b):
+    for ra, rb in zip(a, b, strict=True):
+        for ea, eb in zip(ra, rb, strict=True):
+            for f in ("rois", "bbox_info", "cams_local", "rotmats", "betas", "cam_t", "vertices_model", "joints_model"):
+                np.testing.assert_array_equal(getattr(ea, f), getattr(eb, f), err_msg=f)
+
+
+@pytest.mark.parametrize("crops", ["cv2", "torch"])
+def test_staging_the_next_batch_changes_nothing(sensitive, body, crops):
+    """``overlap`` (batch k+1's pixels staged while batch k runs; on CUDA on a side stream):
+    the same numbers, bit for bit, as staging each batch when it runs, over several batches
+    that mix images (batch 2 over 2 + 1 + 3 persons)."""
+    on = RegressionEngine(sensitive, body, batch_size=2, crops=crops, overlap=True)
+    off = RegressionEngine(sensitive, body, batch_size=2, crops=crops, overlap=False)
+    staged = []
+    real_stage = on.stage
+    on.stage = lambda prepared, chunk: staged.append([tuple(c) for c in chunk]) or real_stage(prepared, chunk)
+    a = _run(on)
+    _exactly_equal(a, _run(off))
+    # every batch was staged once, in order, before it ran
+    assert staged == [[(0, 0), (0, 1)], [(1, 0), (2, 0)], [(2, 1), (2, 2)]]
+    # a stop request between batches still returns whole images only (staging runs ahead)
+    calls = iter([False, True])
+    part = on.run([(on.prepare(im, [PersonBox(np.array(b)) for b in bx]), [PersonBox(np.array(b)) for b in bx])
+                   for im, bx in ENGINE_CASES], stop=lambda: next(calls))
+    assert [len(r) for r in part] == [2, 1]  # stopped before the third batch: images 0 and 1 are whole
+
+
+@pytest.mark.parametrize("crops", ["cv2", "torch"])
+def test_prepare_takes_images_as_tensors(sensitive, body, crops):
+    """An image decoded into a tensor (as nvJPEG leaves it on the GPU; here on the CPU) gives
+    exactly the estimates of the same pixels as a numpy array."""
+    eng = RegressionEngine(sensitive, body, batch_size=4, crops=crops)
+    tensors = [(torch.from_numpy(im.copy()), bx) for im, bx in ENGINE_CASES]
+    _exactly_equal(_run(eng), _run(eng, tensors))
+    p = eng.prepare(tensors[0][0], [PersonBox(np.array(tensors[0][1][0]))])
+    assert p.image_wh == (320, 240)
+    if crops == "torch":  # a tensor already on the engine's device is kept, not copied
+        assert p.image is tensors[0][0]
+    assert eng.image_device is None  # (CPU: the loader decodes on the host)
+
+
 # --------------------------------------------------------------------------- CUDA
 
 @CUDA
@@ -312,3 +354,19 @@ def test_engine_on_cuda_defaults_and_matches_cpu(sensitive, body):
     _compare(ref, fp32, cams=1e-2, rot=1.5e-2, betas=2e-2, verts=1e-2, cam_t=1e-2)
     _compare(ref, _run(eng), cams=0.06, rot=0.08, betas=0.06, verts=0.05, cam_t=0.025)
     assert RegressionEngine(sensitive, body, device="cuda", batch_size="auto").batch_size >= 1
+
+
+@CUDA
+def test_staging_on_cuda_changes_nothing(sensitive, body):
+    """On CUDA the staged copies run on a side stream from pinned memory: same numbers as
+    without staging (bit for bit: the same kernels on the same inputs)."""
+    for crops in ("cv2", "torch"):
+        on = RegressionEngine(sensitive, body, device="cuda", precision="fp32", batch_size=2, crops=crops)
+        off = RegressionEngine(sensitive, body, device="cuda", precision="fp32", batch_size=2, crops=crops,
+                               overlap=False)
+        assert on.copy_stream is not None and off.copy_stream is None
+        _exactly_equal(_run(on), _run(off))
+    eng = RegressionEngine(sensitive, body, device="cuda", precision="fp32", batch_size=2)
+    assert eng.image_device == torch.device("cuda")
+    on_gpu = [(torch.from_numpy(im.copy()).cuda(), bx) for im, bx in ENGINE_CASES]
+    _exactly_equal(_run(eng), _run(eng, on_gpu))

@@ -35,6 +35,21 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def parse_batch_size(text: str, option: str = "--batch-size") -> int | str:
+    """``--batch-size``: a positive integer, or ``auto`` (the engine chooses: from the free
+    GPU memory on CUDA)."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return "auto"
+    try:
+        n = int(t)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise typer.BadParameter(f"use a positive integer or auto; got {text!r}", param_hint=option)
+    return n
+
+
 def resolve_device(name: str) -> str:
     """``--device``: ``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device asked for
     on a machine without one is a usage error (exit 2)."""

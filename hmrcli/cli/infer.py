@@ -16,6 +16,7 @@ import typer
 from rich.markup import escape
 
 from hmrcli.cli._output import (
+    parse_batch_size,
     print_json,
     progress_bar,
     resolve_device,
@@ -57,7 +58,9 @@ def infer(
                           "capture, models/pose_prior).")] = "relaxed",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write OUT/<image>/overlay.png: the "
                        "meshes rendered over the photo.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Persons per network call: a number, or auto "
+                          "(CUDA: from the free GPU memory and the memory one person takes, measured at start; CPU: "
+                          "16).")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16 or fp16 "
                          "(CUDA only).")] = "auto",
@@ -138,6 +141,7 @@ def infer(
         SIGNAL_EXIT_CODES,
         InferOptions,
         StopRequest,
+        images_per_step_for,
         run_inference,
     )
     from hmrcli.pipeline.ray_executor import ExecutorError, run_inference_ray
@@ -159,6 +163,7 @@ def infer(
                      "`hmrcli weights list` (hmrcli doctor shows which are found), or use --engine fit.",
                      markup=False, highlight=False)
         raise typer.Exit(2)
+    batch: int | str = parse_batch_size(batch_size)
     if executor not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--executor")
     if executor == "local" and (ray_address or ray_workers or gpus_per_worker):
@@ -166,7 +171,7 @@ def infer(
                                  param_hint="--executor")
     spec = EngineSpec(engine=engine, checkpoint=checkpoint, body_model=body_model, gender=gender, smpl_dir=smpl_dir,
                       device=device if executor == "ray" else resolve_device(device), precision=precision,
-                      batch_size=batch_size, aggregation=aggregation, rois=rois, landmarks=landmarks,
+                      batch_size=batch, aggregation=aggregation, rois=rois, landmarks=landmarks,
                       pose_prior=pose_prior, refine=refine, compile=compile_net, runtime=runtime)
     try:
         # with --executor ray the workers build their own engines; this one (on the CPU) checks the
@@ -206,7 +211,8 @@ def infer(
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
                         checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay,
                         exif_focal=exif_focal, principal_point=pp, intrinsics=table,
-                        workers=workers if workers is not None else min(4, os.cpu_count() or 1))
+                        workers=workers if workers is not None else min(4, os.cpu_count() or 1),
+                        images_per_step=images_per_step_for(eng))
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK | os.X_OK):

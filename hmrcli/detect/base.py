@@ -39,5 +39,7 @@ class Detector(Protocol):
     name: str
     #: True for backends that can only find one person per image (mediapipe's BlazePose).
     one_person_per_image: bool
+    # Optional: ``needs_pixels = False`` on backends that read only the image size (boxes from a
+    # file, whole-image): the pipeline may then hand them images decoded into GPU memory.
 
     def detect(self, images: list[np.ndarray]) -> list[list[Detection]]: ...

@@ -91,6 +91,7 @@ class BoxesDetector:
     one_person_per_image = False
     error_stage = "boxes"
     needs_paths = True
+    needs_pixels = False  # only the image size: images may be tensors on a GPU (nvJPEG decoding)
 
     def __init__(self, source: str | os.PathLike | io.TextIOBase | None = None,
                  records: list[dict[str, Any]] | None = None, category: str | int = "person",

@@ -130,6 +130,8 @@ class RegressionEngine:
             whole run).
         backbone_chunk: crops per backbone call, 0 for all at once (None: per device,
             :data:`DEFAULT_BACKBONE_CHUNK`); results are the same.
+        overlap: stage batch k+1's pixels while batch k runs (:meth:`stage`: on CUDA, copies
+            from pinned memory on a side stream); results are the same either way.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class RegressionEngine:
         channels_last: bool | None = None,
         compile: bool = False,
         backbone_chunk: int | None = None,
+        overlap: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -160,6 +163,9 @@ class RegressionEngine:
         self.cfg = model.config
         self.body = body
         self.compile = bool(compile)
+        self.overlap = bool(overlap)
+        #: the CUDA stream the next batch's pixels are copied on (:meth:`stage`); None off CUDA
+        self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" and self.overlap else None
         # the chunk goes to models that take it (MultiRoIHMR, CLIFFRegressor), as an argument:
         # the model object may be shared by engines with other settings
         takes_chunk = "backbone_chunk" in inspect.signature(self.model.forward).parameters
@@ -197,16 +203,24 @@ class RegressionEngine:
         """The speed settings in effect (for logs and benchmarks; not part of the results)."""
         return {"device": str(self.device), "precision": self.precision, "crops": self.crop_path,
                 "channels_last": self.channels_last, "compile": self.compile,
-                "backbone_chunk": self.backbone_chunk, "batch_size": self.batch_size}
+                "backbone_chunk": self.backbone_chunk, "batch_size": self.batch_size, "overlap": self.overlap}
+
+    @property
+    def image_device(self) -> torch.device | None:
+        """Where :meth:`prepare` takes images already decoded (a uint8 (H, W, 3) tensor there is
+        cropped without a copy): the engine's CUDA device on the torch crop path, else None
+        (numpy images on the host)."""
+        return self.device if self.crop_path == "torch" and self.device.type == "cuda" else None
 
     # -- preparation (per image, on the loader thread) ----------------------------
-    def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
+    def prepare(self, image: np.ndarray | torch.Tensor, persons: list[PersonBox], focal: float | None = None,
                 principal: tuple[float, float] | None = None) -> RegressPrepared:
-        """RoIs (N, M, 3), affines (N, M, 2, 3), bbox_info (N, M, 3) for one RGB image, and
+        """RoIs (N, M, 3), affines (N, M, 2, 3), bbox_info (N, M, 3) for one RGB image (uint8
+        (H, W, 3), numpy or a tensor on any device), and
         the crops (N, M, h, w, 3) uint8 (cv2 path) or the image as a tensor (torch path).
         ``focal`` (pixels; None: sqrt(W^2 + H^2)) and ``principal`` (cu, cv) pixels (None: the
         image centre) enter bbox_info and the camera conversion."""
-        h_img, w_img = image.shape[:2]
+        h_img, w_img = (int(v) for v in image.shape[:2])
         f = float(focal) if focal else float(G.default_focal(w_img, h_img))
         c = np.array(principal if principal is not None else (w_img / 2.0, h_img / 2.0), dtype=np.float64)
         cfg = self.cfg
@@ -217,12 +231,16 @@ class RegressionEngine:
         info = G.bbox_info(rois, (w_img, h_img), f, c)
         crops = tensor = None
         if self.crop_path == "cv2":
+            if isinstance(image, torch.Tensor):
+                image = image.cpu().numpy()
             crops = np.zeros((len(persons), cfg.num_rois, *cfg.crop_hw, 3), dtype=np.uint8)
             for i in range(len(persons)):
                 for m in range(cfg.num_rois):
                     crops[i, m] = G.crop_image_np(image, affines[i, m], cfg.crop_hw)
+        elif persons and isinstance(image, torch.Tensor) and image.device == self.device:
+            tensor = image  # decoded on the device (hmrcli.sources.read_image_tensor): nothing to upload
         elif persons:
-            tensor = torch.from_numpy(np.ascontiguousarray(image))
+            tensor = image.cpu() if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
             if self.device.type == "cuda":
                 tensor = tensor.pin_memory()  # a copy: the upload in run() is asynchronous
         return RegressPrepared(image_wh=(w_img, h_img), focal=f, principal=(float(c[0]), float(c[1])),
@@ -230,19 +248,49 @@ class RegressionEngine:
                                affines=affines, crops=crops, image=tensor)
 
     # -- network -----------------------------------------------------------------
+    def stage(self, prepared: list[tuple[RegressPrepared, list[PersonBox]]],
+              chunk: list[tuple[int, int]]) -> dict[str, Any]:
+        """Start moving one batch's pixels to the device: the crops (cv2 path, uint8, from
+        pinned memory on CUDA) or the batch's images (torch path), each image once. On CUDA the
+        copies are issued on a side stream (:attr:`copy_stream`) and return at once, so that
+        :meth:`run` stages batch k+1 while the device still computes batch k; elsewhere they
+        are plain tensors. :meth:`batch_crops` waits for them and cuts the crops."""
+        cuda = self.device.type == "cuda" and self.overlap
+        main = torch.cuda.current_stream(self.device) if cuda else None
+        ctx = torch.cuda.stream(self.copy_stream) if cuda else contextlib.nullcontext()
+        with ctx:
+            if self.crop_path == "cv2":
+                host = torch.from_numpy(np.stack([prepared[i][0].crops[j] for i, j in chunk]))
+                if cuda:
+                    host = host.pin_memory()
+                crops = host.to(self.device, non_blocking=cuda)
+                if cuda:
+                    crops.record_stream(main)  # (used on the main stream: keep its memory until done there)
+                return {"crops": crops, "cuda": cuda}
+            order: dict[int, int] = {}  # the batch's images, each once
+            for i, _ in chunk:
+                order.setdefault(i, len(order))
+            images = []
+            for i in order:
+                im = prepared[i][0].image
+                if im.device != self.device:
+                    im = im.to(self.device, non_blocking=cuda)  # (pinned in prepare on CUDA: asynchronous)
+                    if cuda:
+                        im.record_stream(main)
+                images.append(im)
+            return {"images": images, "index": [order[i] for i, _ in chunk], "cuda": cuda}
+
     def batch_crops(self, prepared: list[tuple[RegressPrepared, list[PersonBox]]],
-               chunk: list[tuple[int, int]]) -> torch.Tensor:
-        """The batch's crops (B, M, 3, h, w), float 0..255 on the device."""
-        if self.crop_path == "cv2":
-            crops = np.stack([prepared[i][0].crops[j] for i, j in chunk])
-            return torch.from_numpy(crops).to(self.device).permute(0, 1, 4, 2, 3).float()
-        order: dict[int, int] = {}  # the batch's images, each once
-        for i, _ in chunk:
-            order.setdefault(i, len(order))
-        images = [prepared[i][0].image for i in order]
-        index = [order[i] for i, _ in chunk]
+                    chunk: list[tuple[int, int]], staged: dict[str, Any] | None = None) -> torch.Tensor:
+        """The batch's crops (B, M, 3, h, w), float 0..255 on the device (``staged``: what
+        :meth:`stage` started for this chunk; None: staged now)."""
+        staged = staged if staged is not None else self.stage(prepared, chunk)
+        if staged["cuda"]:
+            torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
+        if "crops" in staged:
+            return staged["crops"].permute(0, 1, 4, 2, 3).float()
         affines = np.stack([prepared[i][0].affines[j] for i, j in chunk])
-        return G.crop_batch(images, index, affines, self.cfg.crop_hw, device=self.device)
+        return G.crop_batch(staged["images"], staged["index"], affines, self.cfg.crop_hw, device=self.device)
 
     @torch.no_grad()
     def forward_network(self, crops: torch.Tensor, info: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -309,12 +357,14 @@ class RegressionEngine:
         flat = [(i, j) for i, (p, persons) in enumerate(prepared) for j in range(len(persons))]
         results: list[list[PersonEstimate | None]] = [[None] * len(p[1]) for p in prepared]
         dev, f64 = self.device, torch.float64
-        for s in range(0, len(flat), self.batch_size):
+        starts = list(range(0, len(flat), self.batch_size))
+        staged = self.stage(prepared, flat[:self.batch_size]) if flat else None
+        for k, s in enumerate(starts):
             if s and stop is not None and stop():
                 return results[:finished_images(flat, s, len(prepared))]  # type: ignore[return-value]
             chunk = flat[s:s + self.batch_size]
             info = np.stack([prepared[i][0].bbox_info[j] for i, j in chunk])
-            net = self.forward_network(self.batch_crops(prepared, chunk), torch.from_numpy(info))
+            net = self.forward_network(self.batch_crops(prepared, chunk, staged), torch.from_numpy(info))
             rois = np.stack([prepared[i][0].rois[j] for i, j in chunk])
             img_wh = np.array([prepared[i][0].image_wh for i, j in chunk], dtype=np.float64)
             focal = np.array([prepared[i][0].focal for i, j in chunk], dtype=np.float64)
@@ -327,6 +377,10 @@ class RegressionEngine:
             betas = net["betas"]
             body_betas = betas if self.betas_applied else torch.zeros_like(betas)
             body_out = self.body(net["rotmats"].double(), body_betas.double())
+            # the next batch's pixels start moving now, while the device works on this one (the
+            # .cpu() calls below wait for it): on CUDA the copies overlap the network and body model
+            nxt = starts[k + 1] if k + 1 < len(starts) else None
+            staged = self.stage(prepared, flat[nxt:nxt + self.batch_size]) if nxt is not None and self.overlap else None
             verts = body_out.vertices.cpu().numpy()
             joints = body_out.joints.cpu().numpy()
             cams = cams_t.cpu().numpy()

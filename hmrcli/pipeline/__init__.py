@@ -60,9 +60,10 @@ from hmrcli.pipeline.options import (
     InferOptions,
     InferSummary,
     StopRequest,
+    images_per_step_for,
 )
 from hmrcli.pipeline.run import run_inference
 
-__all__ = ["InferOptions", "InferSummary", "StopRequest", "Manifest", "run_inference", "run_settings",
+__all__ = ["InferOptions", "InferSummary", "StopRequest", "images_per_step_for", "Manifest", "run_inference", "run_settings",
            "settings_diff", "settings_id", "CAMERA_SCHEMA", "CAMERA_CONVENTION", "RESULT_SCHEMA", "MANIFEST_SCHEMA",
            "MANIFEST_NAME", "ERRORS_NAME", "SIGNAL_EXIT_CODES", "camera_record"]

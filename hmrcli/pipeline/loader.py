@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections import deque
@@ -17,6 +18,7 @@ from hmrcli.engine.base import PersonBox, Prepared
 from hmrcli.intrinsics import CameraIntrinsics, IntrinsicsError
 from hmrcli.pipeline.options import DEFAULT_MAX_PERSONS, InferOptions
 from hmrcli.sources import ImageSource, exif_focal_px, read_image
+from hmrcli.sources.device_decode import device_decode_unavailable, read_image_tensor
 
 
 class _Prefetch:
@@ -27,7 +29,8 @@ class _Prefetch:
     go to one extra thread of their own, in order (a video is decoded forward; frames read
     out of order would make it re-open and seek). ``workers`` 0: decode in the caller."""
 
-    def __init__(self, workers: int, ahead: int) -> None:
+    def __init__(self, workers: int, ahead: int, reader: Callable[[ImageSource], Any] = read_image) -> None:
+        self.reader = reader
         self.workers = max(0, int(workers))
         self.ahead = max(1, int(ahead))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hmrcli-decode") if self.workers else None
@@ -40,8 +43,8 @@ class _Prefetch:
         if getattr(src, "video", None) is not None:
             if self._video_pool is None:
                 self._video_pool = ThreadPoolExecutor(1, thread_name_prefix="hmrcli-video")
-            return self._video_pool.submit(read_image, src)
-        return self._pool.submit(read_image, src)
+            return self._video_pool.submit(self.reader, src)
+        return self._pool.submit(self.reader, src)
 
     def feed(self, sources: Iterable[ImageSource], halt: threading.Event) -> Iterator[ImageSource]:
         it = iter(sources)
@@ -61,7 +64,7 @@ class _Prefetch:
         s, fut = self._queue.popleft()
         if s is not src:  # feed() and read() out of step: a bug, not a bad input
             raise RuntimeError("decoder out of order")
-        return read_image(src) if fut is None else fut.result()
+        return self.reader(src) if fut is None else fut.result()
 
     def close(self) -> None:
         for _, fut in self._queue:
@@ -165,9 +168,21 @@ class _Loader(threading.Thread):
                 continue
         return False
 
+    def image_reader(self) -> tuple[Callable[[ImageSource], Any], str]:
+        """How images are decoded, and its name: into the engine's device (``nvjpeg``: JPEGs
+        by nvJPEG, :func:`hmrcli.sources.read_image_tensor`) when the engine takes device
+        images (``engine.image_device``), nothing needs the pixels on the host (the detector
+        reads boxes, ``needs_pixels`` False; no overlay) and nvJPEG is usable; else on the host."""
+        dev = getattr(self.engine, "image_device", None)
+        if (dev is not None and not getattr(self.detector, "needs_pixels", True) and not self.opts.overlay
+                and device_decode_unavailable(dev) is None):
+            return functools.partial(read_image_tensor, device=dev), "nvjpeg"
+        return read_image, "host"
+
     def run(self) -> None:
         opts = self.opts
-        pre = _Prefetch(opts.workers, ahead=max(2, 2 * opts.workers))
+        reader, self.decode = self.image_reader()
+        pre = _Prefetch(opts.workers, ahead=max(2, 2 * opts.workers), reader=reader)
         srcs = pre.feed(self._claimed(), self.halt)
         items = None
         try:

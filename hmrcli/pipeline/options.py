@@ -30,6 +30,23 @@ CAMERA_CONVENTION = (
 )
 
 
+#: images per step with the regression engine: its batch (persons across images) fills up to
+#: ``batch_size`` persons, within these bounds (the prepared images wait in memory, on CUDA
+#: pinned)
+IMAGES_PER_STEP_BOUNDS = (8, 32)
+
+
+def images_per_step_for(engine: Any) -> int:
+    """Images per engine step for ``engine``: the regression engine's ``batch_size`` within
+    :data:`IMAGES_PER_STEP_BOUNDS` (so that a batch of persons across images can fill up),
+    else the default 8 (the fitting engine works person by person: small steps write results
+    sooner)."""
+    lo, hi = IMAGES_PER_STEP_BOUNDS
+    if getattr(engine, "name", "") == "regress":
+        return int(max(lo, min(hi, int(getattr(engine, "batch_size", lo)))))
+    return lo
+
+
 @dataclass
 class InferOptions:
     out: Path
