@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # One-shot GPU check, for a machine with a CUDA device: runs every CUDA-marked test (regressor,
-# batched crops, renderer, fit, detector, body model, training step in bf16: the tests whose
-# skip mark mentions CUDA) and the regressor speed benchmark (`hmrcli benchmark --speed
-# --device cuda`, M = 1 and 5, fp32 and bf16, batch 1, 16 and 64), then prints ONE JSON object:
-# device name, torch / CUDA / cuDNN versions, tests passed/failed/skipped (with the failures'
-# names), speed figures (network and network+body ms/person, M=5 / M=1 cost ratio, crop paths,
-# peak GPU memory).
+# batched crops, staged copies, nvJPEG decoding, renderer, fit, detector, body model, training
+# step in bf16: the tests whose skip mark mentions CUDA) and the speed benchmark (`hmrcli
+# benchmark --speed --device cuda`: the network at M = 1 and 5, batch 1, 16 and 64, fp32 and bf16,
+# torch and onnxruntime; torch.compile at M = 5; end to end from JPEG files to files written),
+# then prints ONE JSON object: device name, torch / CUDA / cuDNN versions, tests
+# passed/failed/skipped (with the failures' names), speed figures (ms/person, persons/s, M=5 /
+# M=1 cost ratio, crop paths, peak GPU memory, end-to-end images/s and persons/s).
 #
 #     benchmarks/gpu_check.sh            # from the repository root, with the project's .venv
+#     GPU_CHECK_PYTHON=python3 benchmarks/gpu_check.sh   # another interpreter with hmrcli's needs
 #
-# Budget: under 8 minutes (tests at most GPU_CHECK_TEST_TIMEOUT s, default 300; each benchmark
-# call at most GPU_CHECK_BENCH_TIMEOUT s, default 60). Exit status: 0 all good, 1 a test failed
-# or a benchmark call failed, 2 no CUDA device / no .venv (nothing run). Temporary files in
-# GPU_CHECK_DIR (default: a fresh mktemp -d), kept for a look after a failure.
+# Budget: under 8 minutes (tests at most GPU_CHECK_TEST_TIMEOUT s, default 210; each of the three
+# benchmark calls at most GPU_CHECK_BENCH_TIMEOUT s, default 90). Exit status: 0 all good, 1 a
+# test failed or a benchmark call failed, 2 no CUDA device / no interpreter (nothing run).
+# Temporary files in GPU_CHECK_DIR (default: a fresh mktemp -d), kept for a look after a failure.
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
-PY=.venv/bin/python
-if [[ ! -x $PY ]]; then
-    echo "gpu_check: no .venv/bin/python in $(pwd) (build the project's virtual environment first)" >&2
-    echo '{"ok": false, "error": "no .venv/bin/python"}'
+PY=${GPU_CHECK_PYTHON:-.venv/bin/python}
+if ! command -v "$PY" > /dev/null; then
+    echo "gpu_check: no interpreter $PY in $(pwd) (build the project's virtual environment first, or set GPU_CHECK_PYTHON)" >&2
+    echo '{"ok": false, "error": "no interpreter"}'
     exit 2
 fi
 
@@ -43,8 +45,8 @@ fi
 
 DIR=${GPU_CHECK_DIR:-$(mktemp -d -t hmrcli-gpu-check.XXXXXX)}
 mkdir -p "$DIR"
-T_TESTS=${GPU_CHECK_TEST_TIMEOUT:-300}
-T_BENCH=${GPU_CHECK_BENCH_TIMEOUT:-60}
+T_TESTS=${GPU_CHECK_TEST_TIMEOUT:-210}
+T_BENCH=${GPU_CHECK_BENCH_TIMEOUT:-90}
 START=$(date +%s)
 
 # -- the CUDA-marked tests: functions whose decorators (or a module-level mark they name)
@@ -76,16 +78,27 @@ if ((${#CUDA_TESTS[@]})); then
 fi
 
 # -- the speed benchmark ------------------------------------------------------------------------
+# three calls: (a) network, eager: M = 1 and 5 x batch 1, 16, 64 x fp32, bf16 (torch) and fp32
+# (onnxruntime); (b) torch.compile at M = 5, batch 64, bf16; (c) end to end from JPEG files on
+# disk to files written, M = 5, bf16, batch auto-sized (64) over E2E_IMAGES copies of the sample JPEGs
 bench_rc=0
-for precision in fp32 bf16; do
-    for batch in 1 16 64; do
-        out="$DIR/speed_${precision}_b${batch}.json"
-        timeout "$T_BENCH" "$PY" -c 'import sys; from hmrcli.cli import main; sys.argv[0] = "hmrcli"; main()' \
-            benchmark --speed --device cuda --rois 1 --rois 5 --batch-size "$batch" --precision "$precision" \
-            --repeats 5 --same-process --json > "$out" 2> "$DIR/speed_${precision}_b${batch}.err" || {
-            bench_rc=$?; echo "gpu_check: benchmark $precision batch $batch failed (exit $bench_rc), see $out.err" >&2; }
+bench() {  # name, then the benchmark options
+    local name=$1; shift
+    timeout "$T_BENCH" "$PY" -c 'import sys; from hmrcli.cli import main; sys.argv[0] = "hmrcli"; main()' \
+        benchmark --speed --device cuda --repeats 5 --same-process --json "$@" > "$DIR/speed_$name.json" \
+        2> "$DIR/speed_$name.err" || { bench_rc=$?; echo "gpu_check: benchmark $name failed (exit $bench_rc), see $DIR/speed_$name.err" >&2; }
+}
+bench network --rois 1 --rois 5 --batch-size 1 --batch-size 16 --batch-size 64 --precision fp32 --precision bf16 \
+    --runtime torch --runtime onnx
+bench compiled --rois 5 --batch-size 64 --precision bf16 --mode compiled
+mkdir -p "$DIR/e2e_images"
+n=0
+while ((n < ${E2E_IMAGES:-400})); do
+    for f in sample_images/*.jpg; do
+        cp "$f" "$DIR/e2e_images/img_$(printf %05d $n).jpg"; n=$((n + 1))
     done
 done
+bench end_to_end --rois 5 --batch-size 64 --precision bf16 --detector whole-image --images "$DIR/e2e_images"
 
 # -- the summary -------------------------------------------------------------------------------
 DEVICE_JSON=$device_json TESTS_RC=$tests_rc BENCH_RC=$bench_rc DIR=$DIR START=$START "$PY" - <<'EOF'
@@ -115,26 +128,28 @@ if os.path.exists(xml):
 elif tests["selected"]:
     tests["error"] = f"no test report (timed out or crashed? exit {tests['exit_status']}); see {d}/tests.log"
 summary["tests"] = tests
-speed = []
+speed, end_to_end = [], []
 for path in sorted(glob.glob(os.path.join(d, "speed_*.json"))):
     try:
         rep = json.load(open(path))
     except ValueError:
         speed.append({"file": os.path.basename(path), "error": "no JSON (see the .err file)"})
         continue
-    rows = {r["num_rois"]: r for r in rep.get("results", [])}
-    for m, r in sorted(rows.items()):
+    for r in rep.get("results", []):
+        row = {k: r.get(k) for k in ("num_rois", "batch", "precision", "mode", "runtime")}
         if "error" in r:
-            speed.append({"num_rois": m, "batch": r.get("batch"), "error": r["error"]})
+            speed.append({**row, "error": r["error"]})
             continue
-        row = {k: r[k] for k in ("precision", "batch", "num_rois")}
         row.update(network_ms_per_person=r["network"]["ms_per_person"], network_persons_per_s=r["network"]["persons_per_s"],
                    body_ms_per_person=r["network+body"]["ms_per_person"], peak_cuda_mib=r.get("peak_cuda_mib"),
-                   settings=r.get("settings"), crops=r.get("crops"))
-        if m == 5 and 1 in rows and "error" not in rows[1]:
-            row["m5_over_m1_cost"] = round(r["network"]["ms_per_person"] / rows[1]["network"]["ms_per_person"], 2)
+                   cost_vs_m1=r.get("cost_vs_m1"), settings=r.get("settings"), crops=r.get("crops"))
         speed.append(row)
-summary["speed"] = sorted(speed, key=lambda r: (str(r.get("precision")), r.get("batch") or 0, r.get("num_rois") or 0))
+    for r in rep.get("end_to_end", []):
+        end_to_end.append({k: r.get(k) for k in ("images", "persons", "num_rois", "batch", "precision", "mode",
+                                                 "runtime", "seconds", "persons_per_s", "pipeline")})
+summary["end_to_end"] = end_to_end
+summary["speed"] = sorted(speed, key=lambda r: (str(r.get("runtime")), str(r.get("mode")), str(r.get("precision")),
+                                               r.get("batch") or 0, r.get("num_rois") or 0))
 summary["seconds"] = int(time.time() - int(os.environ["START"]))
 summary["ok"] = (tests["failed"] == 0 and tests["errors"] == 0 and "error" not in tests
                  and int(os.environ["BENCH_RC"]) == 0 and not any("error" in r for r in speed))

@@ -205,3 +205,55 @@ def test_speed_end_to_end_on_images():
     total = sum(e2e["seconds"].values())  # (each rounded to 0.1 ms)
     assert e2e["ms_per_image"] == pytest.approx(1000 * total / n, rel=0.01, abs=0.1)
     assert e2e["persons_per_s"] == pytest.approx(n / total, rel=0.01)
+
+
+def test_speed_matrix_precisions_modes_runtimes():
+    """--speed over several batch sizes, precisions, modes and runtimes: one row per existing
+    combination (onnx only fp32/eager), each with its settings, and M > 1 rows compared with
+    M = 1 of the same configuration."""
+    from hmrcli.bench.speed import configurations
+
+    assert configurations(["fp32", "bf16"], ["eager", "compiled"], ["torch", "onnx"]) == [
+        ("fp32", "eager", "torch"), ("fp32", "eager", "onnx"), ("fp32", "compiled", "torch"),
+        ("bf16", "eager", "torch"), ("bf16", "compiled", "torch")]
+    r = runner.invoke(app, ["benchmark", "--speed", "--rois", "1", "--rois", "2", "--batch-size", "1", "--batch-size", "2",
+                            "--precision", "fp32", "--precision", "bf16", "--runtime", "torch", "--runtime", "onnx",
+                            "--backbone", "resnet18", "--repeats", "1", "--same-process", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["results"]
+    got = sorted((q["batch"], q["num_rois"], q["precision"], q["mode"], q["runtime"]) for q in rows)
+    want = sorted((b, m, p, "eager", rt) for b in (1, 2) for m in (1, 2)
+                  for p, rt in (("fp32", "torch"), ("fp32", "onnx"), ("bf16", "torch")))
+    assert got == want
+    for q in rows:
+        assert "error" not in q and q["network"]["persons_per_s"] > 0, q
+        if q["num_rois"] == 2:
+            base = next(b for b in rows if b["num_rois"] == 1 and all(b[k] == q[k] for k in
+                                                                     ("batch", "precision", "mode", "runtime")))
+            assert q["cost_vs_m1"] == pytest.approx(q["network"]["ms_per_person"] / base["network"]["ms_per_person"],
+                                                    abs=0.01)
+    for bad, hint in ((["--precision", "int8"], "--precision"), (["--mode", "jit"], "--mode"),
+                      (["--runtime", "trt"], "--runtime"), (["--runtime", "onnx", "--precision", "bf16"], "--runtime")):
+        r = runner.invoke(app, ["benchmark", "--speed", "--rois", "1", "--device", "cpu", "--json", *bad])
+        assert r.exit_code == 2 and hint in r.output, (bad, r.output)
+
+
+def test_speed_end_to_end_pipeline_writes_files():
+    """The real pipeline (files on disk -> meshes and JSON on disk), beside the stages, for
+    torch and onnx."""
+    samples = Path(__file__).resolve().parents[1] / "sample_images"
+    r = runner.invoke(app, ["benchmark", "--speed", "--rois", "1", "--batch-size", "4", "--repeats", "1",
+                            "--backbone", "resnet18", "--runtime", "torch", "--runtime", "onnx",
+                            "--same-process", "--device", "cpu", "--detector", "whole-image",
+                            "--images", str(samples), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["end_to_end"]
+    n = sum(1 for p in samples.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    assert [q["runtime"] for q in rows] == ["torch", "onnx"]
+    for q in rows:
+        pl = q["pipeline"]
+        assert (pl["images_done"], pl["failed"], pl["persons"]) == (n, 0, n)
+        # per image: result.json + per person a mesh and a camera JSON; the manifest and the run's files
+        assert pl["files_written"] >= 3 * n
+        assert pl["images_per_s"] == pytest.approx(n / pl["seconds"], rel=0.02)
+        assert pl["persons_per_s"] == pytest.approx(n / pl["seconds"], rel=0.02)

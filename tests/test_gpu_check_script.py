@@ -45,7 +45,42 @@ def test_the_test_finder_picks_the_cuda_marked_tests():
                  "tests/test_fit_optimize.py::test_fit_on_cuda_matches_cpu",  # fit
                  "tests/test_detect_mmdet.py::test_cuda_matches_cpu",  # detector
                  "tests/test_train_loop.py::test_bf16_on_cuda",  # training step in bf16
-                 "tests/test_geometry_crops.py::test_crops_on_cuda_match_cpu"):
+                 "tests/test_geometry_crops.py::test_crops_on_cuda_match_cpu",
+                 "tests/test_engine_device_crops.py::test_staging_on_cuda_changes_nothing",  # side-stream copies
+                 "tests/test_sources_device_decode.py::test_nvjpeg_equals_opencv_within_decoder_tolerance"):
         assert want in found, (want, sorted(found))
     # only tests skipped without CUDA (not those that merely mention cuda, e.g. in a warning filter)
     assert not any("test_invalid_inputs_raise_value_error" in t or "saved_mmdet_checkpoint" in t for t in found)
+
+
+def test_the_summary_reads_the_benchmark_output(tmp_path):
+    """The script's summary step over real `hmrcli benchmark --speed` JSON (made here on the CPU
+    with a small backbone, in the files the script writes): one row per configuration, the
+    end-to-end pipeline figures, ok when everything passed."""
+    text = SCRIPT.read_text()
+    summary = re.search(r'START=\$START "\$PY" - <<\'EOF\'\n(.*?)\nEOF\n', text, re.S).group(1)
+    samples = ROOT / "sample_images"
+    base = [sys.executable, "-c", "import sys; from hmrcli.cli import main; sys.argv[0] = 'hmrcli'; main()", "benchmark", "--speed", "--device", "cpu", "--repeats", "1",
+            "--same-process", "--json", "--backbone", "resnet18"]
+    for name, extra in (("network", ["--rois", "1", "--rois", "2", "--batch-size", "1", "--batch-size", "2"]),
+                        ("end_to_end", ["--rois", "1", "--batch-size", "2", "--detector", "whole-image",
+                                        "--images", str(samples)])):
+        r = subprocess.run(base + extra, capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr
+        (tmp_path / f"speed_{name}.json").write_text(r.stdout)
+    (tmp_path / "cuda_tests.txt").write_text("tests/test_x.py::test_a\n")
+    (tmp_path / "tests.xml").write_text('<testsuites><testsuite><testcase classname="tests.test_x" name="test_a"/>'
+                                        '</testsuite></testsuites>')
+    env = dict(os.environ, DEVICE_JSON=json.dumps({"device_name": "test"}), TESTS_RC="0", BENCH_RC="0",
+               DIR=str(tmp_path), START="0")
+    r = subprocess.run([sys.executable, "-c", summary], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] is True and out["tests"]["passed"] == 1
+    rows = out["speed"]
+    # (the end-to-end call measures its network configuration too)
+    assert sorted((q["batch"], q["num_rois"]) for q in rows) == [(1, 1), (1, 2), (2, 1), (2, 1), (2, 2)]
+    assert all(q["network_persons_per_s"] > 0 and q["runtime"] == "torch" for q in rows)
+    assert all(q["cost_vs_m1"] > 0 for q in rows if q["num_rois"] == 2)
+    (e2e,) = out["end_to_end"]
+    assert e2e["pipeline"]["images_done"] == e2e["images"] > 0 and e2e["pipeline"]["images_per_s"] > 0
