@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hmrcli.body import load_body_model
+from hmrcli.devices import resolve_device
 from hmrcli.engine.fit import FitEngine, RefinedEngine
 from hmrcli.engine.regress import PersonBox, RegressionEngine
 from hmrcli.fit.optimize import FitOptions
@@ -161,6 +162,5 @@ class EngineSpec:
         """``(engine, choice)`` as :func:`make_engine` returns them."""
         kw = asdict(self)
         body = load_body_model(kw.pop("body_model"), gender=kw.pop("gender"), smpl_dir=kw.pop("smpl_dir"))
-        if kw["device"] == "auto":
-            kw["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        kw["device"] = resolve_device(kw["device"])
         return make_engine(body=body, **kw)

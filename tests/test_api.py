@@ -54,3 +54,27 @@ def test_every_engine_has_the_engine_interface(constant_checkpoint):
         eng, _ = make_engine(body=body, **kw)
         assert isinstance(eng, Engine), type(eng)
         assert {"engine", "roi_convention"} <= set(eng.describe())
+
+
+def test_one_device_rule(monkeypatch):
+    """``hmrcli.devices.resolve_device`` is the rule of the CLI, the engine and detector specs."""
+    import torch
+
+    import hmrcli.detect as detect_mod
+    from hmrcli.api import EngineSpec
+    from hmrcli.detect import DetectorSpec
+    from hmrcli.detect.whole_image import WholeImageDetector
+    from hmrcli.devices import DeviceUnavailable, resolve_device
+
+    have = torch.cuda.is_available()
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") == ("cuda" if have else "cpu")
+    if not have:
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
+                resolve_device(name)
+        with pytest.raises(DeviceUnavailable):
+            EngineSpec(engine="regress", checkpoint="x.pt", body_model="free", device="cuda").build()
+    seen = []
+    monkeypatch.setattr(detect_mod, "create_detector", lambda name, **opts: seen.append(opts) or WholeImageDetector())
+    DetectorSpec("mmdet", {"device": "auto", "score_thr": 0.3}).build()
+    assert seen == [{"device": resolve_device("auto"), "score_thr": 0.3}]

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from hmrcli import devices
 from hmrcli.files import json_text
 
 stdout = Console()
@@ -51,10 +52,13 @@ def parse_batch_size(text: str, option: str = "--batch-size") -> int | str:
 
 
 def resolve_device(name: str) -> str:
-    """``--device``: ``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device asked for
-    on a machine without one is a usage error (exit 2)."""
-    if name != "auto" and not name.startswith("cuda"):
-        return name
+    """``--device``: :func:`hmrcli.devices.resolve_device` (``auto`` -> ``cuda`` when available,
+    else ``cpu``); a CUDA device asked for on a machine without one is a usage error (exit 2)."""
+    try:
+        return devices.resolve_device(name)
+    except devices.DeviceUnavailable:
+        raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)",
+                                 param_hint="--device") from None
     import torch  # start-up: torch takes ~3 s to import, only when a device is resolved
 
     if name == "auto":

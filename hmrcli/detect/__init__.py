@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from hmrcli.detect.base import Detection, Detector, DetectorUnavailable
+from hmrcli.devices import resolve_device
 from hmrcli.sources import ImageReadError, read_image
 
 __all__ = [
@@ -135,9 +136,7 @@ class DetectorSpec:
     def build(self) -> Detector:
         opts = dict(self.options)
         if opts.get("device") == "auto":
-            import torch  # start-up: torch (~3 s) is not needed to import hmrcli.detect (only detectors that take a device are given one)
-
-            opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+            opts["device"] = resolve_device("auto")
         det = create_detector(self.name, **opts)
         for attr, value in (("source", self.source), ("hmrcli_requested", self.requested)):
             if value is not None:
