@@ -90,7 +90,7 @@ class StubEngine:
                             problems=[""] * len(persons), mean=float(image.mean()),
                             ballast=np.ones(self.prep_bytes, np.uint8) if self.prep_bytes else None)
 
-    def run(self, prepared):
+    def run(self, prepared, *, stop=None, on_persons=None):
         from hmrcli.engine.base import PersonEstimate
 
         self.runs.append(len(prepared))
@@ -109,6 +109,8 @@ class StubEngine:
                     image_wh=(w, h), vertices_model=np.eye(3) * p.mean / 255.0,
                     joints_model=np.zeros((24, 3))))
             out.append(ests)
+        if on_persons is not None:  # one batch: everything, then the report
+            on_persons(sum(len(persons) for _, persons in prepared))
         return out
 
 
@@ -140,13 +142,13 @@ def install_engine_gate(gate: str | os.PathLike | None = None, free_calls: int =
     orig = RegressionEngine.run
     calls = [0]
 
-    def run(self, prepared):
+    def run(self, prepared, **kw):
         calls[0] += 1
         if calls[0] > free_calls:
             (folder / f"blocked-{calls[0]}").touch()
             while not (folder / "go").exists():
                 time.sleep(0.005)
-        return orig(self, prepared)
+        return orig(self, prepared, **kw)
 
     RegressionEngine.run = run
 

@@ -143,11 +143,11 @@ class _DyingEngine:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def run(self, prepared):
+    def run(self, prepared, **kw):
         try:
             fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            return self.inner.run(prepared)
+            return self.inner.run(prepared, **kw)
         os.close(fd)
         os._exit(1)
 

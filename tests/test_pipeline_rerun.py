@@ -201,11 +201,11 @@ def test_keyboard_interrupt_abandons_the_batch_cleanly(tmp_path):
     out = tmp_path / "out"
 
     class Interrupting(StubEngine):
-        def run(self, prepared):
+        def run(self, prepared, **kw):
             if len(self.runs) == 1:
                 self.runs.append(0)
                 raise KeyboardInterrupt
-            return super().run(prepared)
+            return super().run(prepared, **kw)
 
     threads = threading.active_count()
     s = _run(src, out, Interrupting())
@@ -228,12 +228,12 @@ def test_queues_are_bounded(tmp_path):
             state["ahead"] = max(state["ahead"], state["prepared"] - state["ran"])
             return super().prepare(image, persons, focal)
 
-        def run(self, prepared):
+        def run(self, prepared, **kw):
             import time
 
             time.sleep(0.01)  # a slow engine: the loader would run away if it could
             state["ran"] += len(prepared)
-            return super().run(prepared)
+            return super().run(prepared, **kw)
 
     s = _run(src, tmp_path / "out", Counting(batch_size=100), images_per_step=4, workers=2)
     assert s.done == 60

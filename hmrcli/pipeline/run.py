@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import queue
@@ -396,9 +395,9 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
                          len(job.notes) + len(job.persons) - len(kept), no_person))
         locks.release(src.name)
 
-    kw: dict[str, Any] = {}
-    if _takes_stop(engine):  # engines check the stop request between person batches and report progress
-        kw = {"stop": stop.is_set if stop is not None else None, "on_persons": lambda n: record(PersonsDone(n))}
+    # engines check the stop request between person batches and report progress (Engine.run)
+    kw: dict[str, Any] = {"stop": stop.is_set if stop is not None else None,
+                          "on_persons": lambda n: record(PersonsDone(n))}
 
     def run_batch(batch: list[_Job]) -> None:
         try:
@@ -474,16 +473,6 @@ def _size(path: Path) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def _takes_stop(engine: Any) -> bool:
-    """Whether ``engine.run`` takes ``stop`` and ``on_persons`` (engines written for the first
-    interface take only the prepared images)."""
-    try:
-        params = inspect.signature(engine.run).parameters
-    except (TypeError, ValueError):
-        return False
-    return "stop" in params and "on_persons" in params
 
 
 def _join(loader: _Loader) -> None:
