@@ -259,8 +259,9 @@ def animated_glb_bytes(body: Any, track: TrackAnimation, *, with_camera: bool = 
     interpolation (slerp). Frames missing from a track (gaps) are interpolated by the viewer.
     ``with_camera`` adds the camera (at the origin; needs ``track.K`` and ``track.image_wh``).
     body: the :class:`hmrcli.body.BodyModel` named by ``track.body_model``. Blender imports
-    keys at ``time * scene fps``: set the scene's frame rate to ``track.fps`` first so that
-    Blender frame k is source frame k.
+    keys at ``time * scene.render.fps`` (``fps_base`` ignored): set the scene's frame rate to
+    ``track.fps`` first so that Blender frame k is source frame k (for a non-integer rate such
+    as 29.97 the keys drift by the rounding, 0.1 %).
     """
     b = _check_body(body, track)
     rot = _rotations(track)
