@@ -173,3 +173,41 @@ def test_a_sequence_that_cannot_be_read_is_recorded(scene, body, tmp_path):
     assert summ.sequences_failed == 1 and summ.exit_code == 1
     errs = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     assert any(e["stage"] == "track" for e in errs)
+
+
+def test_export_writes_each_track_as_animation_files(scene, body, tmp_path):
+    from typer.testing import CliRunner
+
+    from hmrcli.cli import app
+    from hmrcli.export.animation import bvh_text
+
+    out = tmp_path / "out"
+    _run(scene, body, out, method="one-euro")
+    exp = tmp_path / "exp"
+    r = CliRunner().invoke(app, ["export", str(out), "--out", str(exp), "--format", "glb,bvh,npz", "--json"])
+    assert r.exit_code == 0, r.output
+    summ = json.loads(r.output.strip().splitlines()[-1])
+    assert summ["tracks"] == 2 and summ["done"] == 2 and summ["failed"] == 0 and summ["written"] == 6
+    assert sorted(p.name for p in exp.iterdir() if p.is_file() and p.name != "errors.jsonl") == [
+        "track_00.bvh", "track_00.glb", "track_00.npz", "track_01.bvh", "track_01.glb", "track_01.npz"]
+    assert not any(p.is_dir() for p in exp.iterdir())  # the frames of a sequence: as tracks only
+    anim = read_animation_npz(exp / "track_01.npz")
+    assert (exp / "track_01.bvh").read_text() == bvh_text(body, anim)
+    assert (exp / "track_00.glb").read_bytes()[:4] == b"glTF"
+    # again: everything exists, nothing written; --frames adds the frames' persons one by one
+    r = CliRunner().invoke(app, ["export", str(out), "--out", str(exp), "--format", "glb,bvh", "--json"])
+    assert json.loads(r.output.strip().splitlines()[-1])["skipped"] == 2
+    r = CliRunner().invoke(app, ["export", str(out), "--out", str(exp), "--format", "npz", "--frames", "--json"])
+    assert r.exit_code == 0 and (exp / "f3.png" / "person_00.params.npz").is_file()
+
+
+def test_bvh_needs_sequences(tmp_path):
+    from typer.testing import CliRunner
+
+    from hmrcli.cli import app
+
+    d = tmp_path / "res" / "a.jpg"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"persons": 0}))
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "res"), "--format", "bvh"])
+    assert r.exit_code == 2 and "sequence" in r.output

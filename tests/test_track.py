@@ -165,3 +165,21 @@ def test_bad_options_are_refused():
         SmoothOptions(method="kalman")
     with pytest.raises(ValueError, match="max_gap"):
         TrackerOptions(max_gap=-1)
+
+
+def test_a_second_estimate_of_one_body_is_dropped(pair, kb):
+    """An engine asked for the person in a box may find the neighbour instead: two estimates
+    of one body in a frame; the one whose joints lie outside its own box goes."""
+    from hmrcli.track.tracker import drop_duplicates
+
+    frames = noisy_observations(pair, kb, np.random.default_rng(6))
+    a, b = frames[10]
+    right = Observation(**{**a.__dict__, "det_box_xyxy": a.box_xyxy})
+    wrong = Observation(**{**a.__dict__, "person": 7, "joints_2d": a.joints_2d + 1.0, "det_box_xyxy": b.box_xyxy})
+    kept, dropped = drop_duplicates([wrong, b, right], TrackerOptions())
+    assert [o.person for o in kept] == sorted([b.person, a.person]) and dropped == [(wrong, right)]
+    assert right.in_box == 1.0 and wrong.in_box < 0.2
+    frames[10] = [wrong, b, right]
+    got = []
+    tracks = track_people(frames, TrackerOptions(), got)
+    assert len(tracks) == 2 and got == [(wrong, right)]

@@ -66,10 +66,8 @@ def export(
         stderr.print(f"error: {results}: bvh is written for the tracks of sequences, and none were found (no "
                      "sequence.json below it; run `hmrcli infer VIDEO` or `--sequence` first)", markup=False, highlight=False)
         raise typer.Exit(2)
-    in_sequence = set()
-    for sq in sequences:
-        in_sequence |= {n if sq.name == "." else f"{sq.name}/{n}" for n in sq.frame_names}
-    skip = (lambda name: name in in_sequence) if (sequences and not frames) else None
+    in_sequence = {f.resolve() for sq in sequences for f in sq.frame_folders}
+    skip = (lambda name: (results / name).resolve() in in_sequence) if (sequences and not frames) else None
     image_fmts = tuple(f for f in fmts if f in EXPORT_FORMATS)
     opts = ExportOptions(out=out, formats=image_fmts or ("npz",), mesh_frame=mesh_frame, overwrite=overwrite,
                          smpl_dir=smpl_dir, glb_camera=glb_camera)

@@ -53,8 +53,10 @@ class SavedSequence:
     record: dict[str, Any]
 
     @property
-    def frame_names(self) -> list[str]:
-        return [str(f.get("name")) for f in self.record.get("frames") or [] if isinstance(f, dict)]
+    def frame_folders(self) -> list[Path]:
+        """The folders of the sequence's frames (``frames[].folder``, relative to the sequence's)."""
+        return [self.folder / str(f["folder"]) for f in self.record.get("frames") or []
+                if isinstance(f, dict) and f.get("folder")]
 
     @property
     def tracks(self) -> list[dict[str, Any]]:

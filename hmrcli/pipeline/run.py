@@ -318,7 +318,8 @@ def track_sequences(sources: list[ImageSource], engine: Any, opts: InferOptions,
     from hmrcli.pipeline.sequence import finish_sequences
 
     kept, _ = _outside_of(sources, Path(opts.out))
-    for done in finish_sequences(Path(opts.out), kept, opts.sequence, getattr(engine, "body", None), emit):
+    for done in finish_sequences(Path(opts.out), kept, opts.sequence, getattr(engine, "body", None), emit,
+                                 force=opts.overwrite):
         if done.error:
             summ.sequences_failed += 1
         else:

@@ -64,6 +64,8 @@ __all__ = ["SEQUENCE_SCHEMA", "SequenceOptions", "Sequence", "SequenceDone", "fi
 OVERLAY_DIR = "track_overlay"
 DEFAULT_FPS = 30.0
 _TRACK_FILE = re.compile(r"^track_\d+\.npz$")
+#: revision of what a sequence's files hold (part of the digest: a change redoes the tracks)
+_LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class SequenceOptions:
     def settings(self) -> dict[str, Any]:
         """What the tracks depend on (compared on re-runs)."""
         return {"smooth": asdict(self.smooth), "tracker": asdict(self.tracker), "fps": self.fps,
-                "overlay": self.overlay, "hmrcli": __version__}
+                "overlay": self.overlay, "hmrcli": __version__, "layout": _LAYOUT}
 
 
 @dataclass
@@ -291,10 +293,12 @@ def _overlay_png(image: np.ndarray, items: list[tuple[int, str, np.ndarray]], fa
     return buf.tobytes()
 
 
-def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = None) -> SequenceDone:
+def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = None,
+                   force: bool = False) -> SequenceDone:
     """Track and smooth one sequence from its saved frames and write its files (module
-    docstring). ``body``: the run's body model (loaded by name from the results otherwise).
-    Raises ResultsError / OSError; :func:`finish_sequences` records them."""
+    docstring). ``body``: the run's body model (loaded by name from the results otherwise);
+    ``force``: even when ``sequence.json`` says they are up to date. Raises ResultsError /
+    OSError; :func:`finish_sequences` records them."""
     t0 = time.perf_counter()
     d = out / seq.name if seq.name else out
     settings = opts.settings()
@@ -304,7 +308,7 @@ def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = 
         old = json.loads((d / SEQUENCE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old = None
-    if isinstance(old, dict) and old.get("digest") == digest and all((d / f).is_file() for f in old.get("files", [])):
+    if not force and isinstance(old, dict) and old.get("digest") == digest and all((d / f).is_file() for f in old.get("files", [])):
         done.skipped, done.tracks = True, len(old.get("tracks") or [])
         return done
     kbs: dict[tuple[str, str], tuple[Any, KeypointBody]] = {}
@@ -362,8 +366,9 @@ def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = 
         "fps": seq.fps, "fps_source": seq.fps_source,
         "units": {"fps": "frames per second of the source frame indices", "transl": "metres",
                   "frames": "source frame indices (0-based; video frame numbers)"},
-        "frames": [{"step": s, "frame": seq.frame_index(s), "name": src.name, "done": s not in missing}
-                   for s, src in enumerate(seq.frames)],
+        "frames": [{"step": s, "frame": seq.frame_index(s), "name": src.name,
+                    "folder": Path(src.name).relative_to(seq.name).as_posix() if seq.name else src.name,
+                    "done": s not in missing} for s, src in enumerate(seq.frames)],
         "missing_frames": [seq.frame_index(s) for s in missing],
         "duplicates": [{"frame": o.frame, "person": o.person, "same_body_as_person": k.person,
                         "joints_in_own_box": round(o.in_box, 3)} for o, k in twins],
@@ -381,14 +386,15 @@ def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = 
 
 
 def finish_sequences(out: Path, sources: list[ImageSource], opts: SequenceOptions, body: Any = None,
-                     emit: Callable[[dict[str, Any]], None] = lambda ev: None) -> list[SequenceDone]:
-    """:func:`write_sequence` for every sequence among ``sources``; a sequence that fails is
-    recorded (``errors.jsonl``, stage ``track``; a ``sequence`` event with ``error``) and the
-    others go on."""
+                     emit: Callable[[dict[str, Any]], None] = lambda ev: None,
+                     force: bool = False) -> list[SequenceDone]:
+    """:func:`write_sequence` for every sequence among ``sources`` (``force``: re-track those
+    up to date too, as ``--overwrite`` does); a sequence that fails is recorded
+    (``errors.jsonl``, stage ``track``; a ``sequence`` event with ``error``) and the others go on."""
     results = []
     for seq in find_sequences(sources, opts):
         try:
-            done = write_sequence(out, seq, opts, body)
+            done = write_sequence(out, seq, opts, body, force)
         except Exception as e:
             msg = f"{out / seq.name if seq.name else out}: tracking the sequence failed ({type(e).__name__}: {e})"
             append_json_line(out / "errors.jsonl", {"file": str(seq.video or (out / seq.name)), "stage": "track",
