@@ -211,3 +211,41 @@ def test_bvh_needs_sequences(tmp_path):
     (d / "result.json").write_text(json.dumps({"persons": 0}))
     r = CliRunner().invoke(app, ["export", str(tmp_path / "res"), "--format", "bvh"])
     assert r.exit_code == 2 and "sequence" in r.output
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from _pipeline_helpers import shared_checkpoint
+
+    return shared_checkpoint(tmp_path_factory)
+
+
+def test_a_video_is_a_sequence_by_default(ckpt, tmp_path):
+    """``hmrcli infer clip.avi``: tracks without asking, at the container's frame rate;
+    ``--no-sequence`` leaves the frames alone; a bad --smooth is a usage error."""
+    from typer.testing import CliRunner
+
+    from hmrcli.cli import app
+
+    clip = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 12.0, (96, 64))
+    for k in range(8):
+        img = np.full((64, 96, 3), 60, np.uint8)
+        cv2.rectangle(img, (30 + 2 * k, 8), (60 + 2 * k, 60), (200, 180, 160), -1)
+        w.write(img)
+    w.release()
+    common = ["infer", str(clip), "--checkpoint", str(ckpt), "--detector", "whole-image", "--body-model", "free",
+              "--json"]
+    r = CliRunner().invoke(app, common + ["--out", str(tmp_path / "a"), "--frame-stride", "2"])
+    assert r.exit_code == 0, r.output
+    summ = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summ["done"] == 4 and summ["sequences"] == 1 and summ["tracks"] == 1
+    seq = json.loads((tmp_path / "a" / "clip.avi" / "sequence.json").read_text())
+    assert seq["fps"] == pytest.approx(12.0) and seq["fps_source"] == "video container"
+    assert [f["frame"] for f in seq["frames"]] == [0, 2, 4, 6] and seq["video"] == str(clip)
+    anim = read_animation_npz(tmp_path / "a" / "clip.avi" / "track_00.npz")
+    assert list(anim.frames) == [0, 2, 4, 6] and anim.fps == pytest.approx(12.0)
+    r = CliRunner().invoke(app, common + ["--out", str(tmp_path / "b"), "--no-sequence"])
+    assert r.exit_code == 0 and not (tmp_path / "b" / "clip.avi" / "sequence.json").exists()
+    r = CliRunner().invoke(app, common + ["--out", str(tmp_path / "c"), "--smooth", "kalman"])
+    assert r.exit_code == 2 and "--smooth" in r.output

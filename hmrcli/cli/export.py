@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -72,6 +73,7 @@ def export(
     opts = ExportOptions(out=out, formats=image_fmts or ("npz",), mesh_frame=mesh_frame, overwrite=overwrite,
                          smpl_dir=smpl_dir, glb_camera=glb_camera)
     images_left = [n for n, _ in find_result_images(results) if skip is None or not skip(n)] if image_fmts else []
+    t0 = time.perf_counter()
     try:
         if as_json:
             def progress(ev):
@@ -95,6 +97,7 @@ def export(
     except ResultsError as e:
         stderr.print(f"error: {e}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+    summary.seconds = time.perf_counter() - t0
     if tracks is not None:  # each track is one unit of work, like a person
         summary.done += tracks.done
         summary.skipped += tracks.skipped

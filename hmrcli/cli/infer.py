@@ -129,6 +129,10 @@ def infer(
     (--detector, named on stderr; offline default: movenet, every person) or from --boxes FILE
     ('-' = stdin, e.g. `hmrcli detect IMAGES | hmrcli infer --boxes - ...`).
 
+    Videos (and with --sequence folders of frames) are sequences: persons are tracked across
+    frames and each track smoothed (--smooth), written as OUT/<video>/sequence.json and
+    track_XX.npz; `hmrcli export` turns them into animated GLB / BVH.
+
     Re-runs skip images already finished with the same settings (OUT/manifest.jsonl) and redo
     the others; --shard I/N splits the inputs for job arrays; processes sharing OUT split the
     images (per-image locks); --executor ray spreads them over a Ray cluster. Ctrl-C / SIGTERM
