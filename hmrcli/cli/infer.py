@@ -101,6 +101,18 @@ def infer(
     max_persons: MaxPersonsOpt = None,
     shard: ShardOpt = None,
     frame_stride: FrameStrideOpt = 1,
+    sequence: Annotated[Optional[bool], typer.Option("--sequence/--no-sequence", help="Track persons through "
+                        "sequences: each video (on by default for videos), and with --sequence each folder of frames "
+                        "(sorted naturally); writes OUT/<sequence>/sequence.json and a track_XX.npz per person "
+                        "(README: Sequences).", show_default=False, rich_help_panel="Sequences")] = None,
+    smooth: Annotated[str, typer.Option("--smooth", help="Sequences: none, one-euro (causal filter on quaternions "
+                      "and translation; lag up to ~0.1 s) or fit-window (the body model fitted to windows of frames "
+                      "with an acceleration penalty; offline, no lag, slower).",
+                      rich_help_panel="Sequences")] = "one-euro",
+    fps: Annotated[Optional[float], typer.Option("--fps", min=0.001, help="Sequences: frames per second of folders "
+                   "of frames (default 30) and of videos that state none.", rich_help_panel="Sequences")] = None,
+    max_gap: Annotated[int, typer.Option("--max-gap", min=0, help="Sequences: frames a person may go unseen and "
+                       "keep its track id.", rich_help_panel="Sequences")] = 10,
     executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (workers on a Ray "
                         "cluster, `pip install 'hmrcli[ray]'`; every node must see the inputs and --out at the same "
                         "paths). README: many machines.")] = "local",
@@ -119,6 +131,10 @@ def infer(
     Without a regressor checkpoint the fitting engine runs (offline). Persons come from a detector
     (--detector, named on stderr; offline default: movenet, every person) or from --boxes FILE
     ('-' = stdin, e.g. `hmrcli detect IMAGES | hmrcli infer --boxes - ...`).
+
+    Videos (and with --sequence folders of frames) are sequences: persons are tracked across
+    frames and each track smoothed (--smooth), written as OUT/<video>/sequence.json and
+    track_XX.npz; `hmrcli export` turns them into animated GLB / BVH.
 
     Re-runs skip images already finished with the same settings (OUT/manifest.jsonl) and redo
     the others; --shard I/N splits the inputs for job arrays; processes sharing OUT split the
@@ -153,6 +169,10 @@ def infer(
         raise typer.BadParameter(f"unknown mesh format(s) {bad or mesh_format!r}: use obj and/or ply", param_hint="--mesh-format")
     if mesh_frame not in ("camera", "model"):
         raise typer.BadParameter("use camera or model", param_hint="--mesh-frame")
+    from hmrcli.track import SMOOTHERS
+
+    if smooth not in SMOOTHERS:
+        raise typer.BadParameter(f"use {', '.join(SMOOTHERS)}", param_hint="--smooth")
     for value, allowed, hint in ((engine, ENGINES, "--engine"), (refine, REFINEMENTS, "--refine"),
                                  (landmarks, ("full", "heavy"), "--landmarks"), (pose_prior, ("relaxed", "gmm"), "--pose-prior"),
                                  (runtime, RUNTIMES, "--runtime")):
@@ -204,6 +224,7 @@ def infer(
     det, sources = detector_and_sources(images, detector, boxes, det_score, det_config, det_checkpoint, device,
                                         quiet=quiet, shard=shard, frame_stride=frame_stride,
                                         build=executor == "local")
+    images_per_step = images_per_step_for(eng)  # (the regression batch, also in the Ray workers)
     if executor == "ray":  # checked; the workers build their own
         if hasattr(eng, "close"):
             eng.close()
@@ -212,7 +233,18 @@ def infer(
                         checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay,
                         exif_focal=exif_focal, principal_point=pp, intrinsics=table,
                         workers=workers if workers is not None else min(4, os.cpu_count() or 1),
-                        images_per_step=images_per_step_for(eng))
+                        images_per_step=images_per_step)
+    if sequence is None:  # default: videos are sequences, images are not
+        sequence = any(getattr(src, "video", None) is not None for src in sources)
+        folders = False
+    else:
+        folders = sequence
+    if sequence:
+        from hmrcli.pipeline.sequence import SequenceOptions
+        from hmrcli.track import SmoothOptions, TrackerOptions
+
+        opts.sequence = SequenceOptions(folders=folders, fps=fps, smooth=SmoothOptions(method=smooth),
+                                        tracker=TrackerOptions(max_gap=max_gap), overlay=overlay, smpl_dir=smpl_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK | os.X_OK):
@@ -378,6 +410,13 @@ class _Reporter:
                 self._line(f"note: redoing {ev['images']} image(s) that have results: {ev['reason']}")
             elif kind == "note" and not self.quiet:
                 self._line(f"note: {ev['message']}")
+            elif kind == "sequence" and (ev.get("error") or not self.quiet):
+                if ev.get("error"):
+                    self._line(f"error: {ev['error']}", "red")
+                else:
+                    state = "up to date" if ev.get("up_to_date") else f"tracked in {ev.get('seconds', 0):.1f} s"
+                    self._line(f"sequence {ev['name'] or '.'}: {ev['tracks']} track(s) over {ev['frames']} frames "
+                               f"({ev['missing_frames']} without results), {state}")
             elif kind == "done" and ev.get("persons") == 0 and not self.quiet:
                 self._line(f"note: no person found in {ev['file']}")
         elif kind == "redo":  # JSON on stdout, no bar: still tell the person at the terminal
@@ -410,6 +449,10 @@ class _Reporter:
             if summary.no_person or summary.persons_failed:
                 line += (f"\n{summary.no_person} image(s) with no person found, {summary.persons_failed} person(s) "
                          f"found but not reconstructed (see {out}/errors.jsonl)")
+            if summary.sequences or summary.sequences_failed:
+                line += (f"\n{summary.sequences} sequence(s), {summary.tracks} track(s)"
+                         + (f", {summary.sequences_failed} sequence(s) failed (see {out}/errors.jsonl)"
+                            if summary.sequences_failed else ""))
             if summary.interrupted:
                 line += (f"\ninterrupted ({summary.interrupted}): {summary.remaining} image(s) left; run the same "
                          "command again to finish them")

@@ -116,6 +116,33 @@ class _Blob:
         return len(self.gltf.accessors) - 1
 
 
+class _Skinned:
+    """A skinned body's glTF document before it is encoded: the document, its binary data,
+    the 24 joint nodes (SMPL order) and the shaped rest joints ``J`` (24, 3) in the body
+    model's frame, so that callers (the animated GLB) can add to it."""
+
+    def __init__(self, gltf: Any, blob: _Blob, joint_nodes: list[int], J: np.ndarray) -> None:
+        self.gltf, self.blob, self.joint_nodes, self.J = gltf, blob, joint_nodes, J
+
+    def to_bytes(self) -> bytes:
+        self.gltf.buffers = [g.Buffer(byteLength=len(self.blob.data))]
+        self.gltf.set_binary_blob(bytes(self.blob.data))
+        out = self.gltf.save_to_bytes()
+        return b"".join(out) if isinstance(out, list) else bytes(out)
+
+
+def shaped_betas(body: Any, betas: np.ndarray | None) -> np.ndarray:
+    """``betas`` padded with zeros to the body model's ``num_betas`` (float64); zeros for None."""
+    nb = body.num_betas
+    b = np.zeros(nb)
+    if betas is not None:
+        betas = np.asarray(betas, dtype=np.float64).reshape(-1)
+        if betas.shape[0] > nb:
+            raise ValueError(f"betas has {betas.shape[0]} values; the body model takes at most {nb}")
+        b[: betas.shape[0]] = betas
+    return b
+
+
 def skinned_glb_bytes(
     body: Any,
     rotmats: np.ndarray,
@@ -135,15 +162,22 @@ def skinned_glb_bytes(
     frame, ``-t`` in the model frame); None for no camera. ``extras`` goes to the asset's
     ``extras`` (JSON-serialisable). See the module docstring for axes and limits.
     """
+    return build_skinned(body, rotmats, betas, transl, camera, name, extras).to_bytes()
+
+
+def build_skinned(
+    body: Any,
+    rotmats: np.ndarray,
+    betas: np.ndarray | None,
+    transl: np.ndarray | None = None,
+    camera: dict[str, Any] | None = None,
+    name: str = "person",
+    extras: dict[str, Any] | None = None,
+) -> _Skinned:
+    """The document of :func:`skinned_glb_bytes` (same arguments), not yet encoded."""
     rot = _as_rotations(np.asarray(rotmats, dtype=np.float64).reshape(24, 3, 3))
     transl = np.zeros(3) if transl is None else np.asarray(transl, dtype=np.float64).reshape(3)
-    nb = body.num_betas
-    b = np.zeros(nb)
-    if betas is not None:
-        betas = np.asarray(betas, dtype=np.float64).reshape(-1)
-        if betas.shape[0] > nb:
-            raise ValueError(f"betas has {betas.shape[0]} values; the body model takes at most {nb}")
-        b[: betas.shape[0]] = betas
+    b = shaped_betas(body, betas)
     v_rest = body.template(dtype=torch.float64).numpy() + body.shapedirs @ b  # (V, 3)
     J = body.joint_regressor @ v_rest  # (24, 3), like smplx (joints of the shaped rest body)
     parents = list(body.parents)
@@ -219,7 +253,4 @@ def skinned_glb_bytes(
         gl.nodes.append(cam_node)
         gl.scenes[0].nodes.append(len(gl.nodes) - 1)
 
-    gl.buffers = [g.Buffer(byteLength=len(blob.data))]
-    gl.set_binary_blob(bytes(blob.data))
-    out = gl.save_to_bytes()
-    return b"".join(out) if isinstance(out, list) else bytes(out)
+    return _Skinned(gl, blob, joint_nodes, J)

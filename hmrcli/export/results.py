@@ -379,10 +379,12 @@ def run_export(
     results_dir: str | os.PathLike,
     opts: ExportOptions,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    skip: Callable[[str], bool] | None = None,
 ) -> ExportSummary:
     """Re-export every complete image below ``results_dir`` in ``opts.formats``.
     ``progress`` receives ``{"event": "error", ...}`` per failure and one ``"done"`` event
-    per image (with its counts). Raises ResultsError when ``results_dir`` holds no results."""
+    per image (with its counts). Raises ResultsError when ``results_dir`` holds no results.
+    ``skip(name)``: leave out the images it says (names as :func:`find_result_images` gives)."""
     t0 = time.perf_counter()
     root = Path(results_dir)
     if not root.is_dir():
@@ -390,6 +392,8 @@ def run_export(
     images = find_result_images(root)
     if not images:
         raise ResultsError(f"{root}: no results found (no result.json below it; run `hmrcli infer` first)")
+    if skip is not None:  # e.g. the frames of sequences, exported as tracks (hmrcli.export.tracks)
+        images = [(name, d) for name, d in images if not skip(name)]
     out = Path(opts.out)
     summ = ExportSummary(images=len(images))
     person_fmts = [f for f in opts.formats if f in PERSON_FORMATS]

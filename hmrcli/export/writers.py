@@ -45,7 +45,9 @@ def deterministic_npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
             if val.dtype == object:
                 raise ValueError(f"{key}: object arrays cannot be stored without pickle")
             one = io.BytesIO()
-            np.lib.format.write_array(one, np.ascontiguousarray(val), allow_pickle=False)
+            if not val.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array into 1-d)
+                val = np.ascontiguousarray(val)
+            np.lib.format.write_array(one, val, allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16

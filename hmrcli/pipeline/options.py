@@ -63,6 +63,9 @@ class InferOptions:
     overlay: bool = False  # also write OUT/NAME/overlay.png (meshes rendered over the photo)
     workers: int = 2  # image-decoding threads (0: decode in the loader thread)
     settings: dict[str, Any] = field(default_factory=dict)  # more settings for the manifest (compared on re-runs)
+    # hmrcli.pipeline.sequence.SequenceOptions: track persons through videos (and folders) after the
+    # frames are written; None: every image on its own (not part of the per-image settings)
+    sequence: Any = None
 
 
 @dataclass
@@ -72,6 +75,9 @@ class InferSummary(BatchSummary):
     redone: int = 0  # images that had results made with other settings (or none recorded), redone
     no_person: int = 0  # images done with no person found by the detector (recorded, exit status unchanged)
     persons_failed: int = 0  # persons found but not reconstructed (no landmarks, unusable box, ...)
+    sequences: int = 0  # sequences tracked (or found up to date)
+    tracks: int = 0  # tracks of those sequences
+    sequences_failed: int = 0  # sequences that could not be tracked (errors.jsonl, stage "track")
 
     @property
     def remaining(self) -> int:
@@ -84,11 +90,14 @@ class InferSummary(BatchSummary):
         130 / 143: stopped by SIGINT / SIGTERM (128 + signal number)."""
         if self.interrupted:
             return SIGNAL_EXIT_CODES.get(self.interrupted, 130)
-        return super().exit_code
+        code = super().exit_code
+        return max(code, 1) if self.sequences_failed and code == 0 else code
 
     def _extra_json(self) -> dict[str, Any]:
         return {"remaining": self.remaining, "redone": self.redone, "no_person": self.no_person,
-                "persons_failed": self.persons_failed, "interrupted": self.interrupted}
+                "persons_failed": self.persons_failed, "interrupted": self.interrupted,
+                **({"sequences": self.sequences, "tracks": self.tracks, "sequences_failed": self.sequences_failed}
+                   if self.sequences or self.sequences_failed else {})}
 
 
 class StopRequest:

@@ -55,6 +55,7 @@ from hmrcli.pipeline.run import (
     engine_run_info,
     execute,
     plan_run,
+    track_sequences,
 )
 from hmrcli.records import error_record
 from hmrcli.sources import ImageSource
@@ -247,6 +248,8 @@ def run_inference_ray(
             plan.manifest.close()
         summ = plan.summary
         summ.interrupted = interrupted
+        if opts.sequence is not None and interrupted is None:  # tracks: by the driver, from the written frames
+            track_sequences(sources, None, opts, summ, emit)
         summ.seconds = time.perf_counter() - t0
         return summ
     finally:

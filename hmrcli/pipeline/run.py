@@ -304,8 +304,26 @@ def run_inference(
     finally:
         plan.manifest.close()
     summ.interrupted = interrupted
+    if opts.sequence is not None and interrupted is None:
+        track_sequences(sources, engine, opts, summ, emit)
     summ.seconds = time.perf_counter() - t0
     return summ
+
+
+def track_sequences(sources: list[ImageSource], engine: Any, opts: InferOptions, summ: InferSummary,
+                    emit: Callable[[dict[str, Any]], None]) -> None:
+    """After the frames: track and smooth every sequence among ``sources``
+    (:mod:`hmrcli.pipeline.sequence`), counting them in the summary."""
+    from hmrcli.pipeline.sequence import finish_sequences
+
+    kept, _ = _outside_of(sources, Path(opts.out))
+    for done in finish_sequences(Path(opts.out), kept, opts.sequence, getattr(engine, "body", None), emit,
+                                 force=opts.overwrite):
+        if done.error:
+            summ.sequences_failed += 1
+        else:
+            summ.sequences += 1
+            summ.tracks += done.tracks
 
 
 def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: Any, sid: str,
