@@ -50,7 +50,7 @@ class OracleEngine:
         return Prepared(image_wh=(w, h), focal=float(G.default_focal(w, h)), principal=(w / 2, h / 2),
                         problems=[""] * len(persons))
 
-    def run(self, prepared):
+    def run(self, prepared, *, stop=None, on_persons=None):
         out = []
         for prep, persons in prepared:
             ests = []
