@@ -22,6 +22,11 @@ def export(
                           "model: body-model output before the camera translation.")] = "camera",
     glb_camera: Annotated[bool, typer.Option("--glb-camera/--no-glb-camera", help="Put the camera into the GLB files.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
+    min_quality: Annotated[Optional[float], typer.Option("--min-quality", min=0.0, max=1.0, metavar="S", help="Export "
+                           "only persons whose quality score (camera JSON 'quality.score') is >= S; persons below it, "
+                           "or without a score (results of an older hmrcli), are left out and counted.")] = None,
+    overlay_quality: Annotated[bool, typer.Option("--overlay-quality", help="overlay: colour each person by its "
+                               "quality score (red 0, yellow 0.5, green 1).")] = False,
     smpl_dir: Annotated[Optional[str], typer.Option("--smpl-dir", envvar="HMRCLI_SMPL_DIR",
                                                     help="Folder with SMPL files (results made with SMPL).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -30,6 +35,8 @@ def export(
     """Re-export saved results without running any network: per person OUT/<image>/person_XX.obj|.ply
     (posed mesh), .glb (skinned, posed body with skeleton and camera), .json (hmrcli.person/1),
     .params.npz; per image OUT/<image>/overlay.png. Existing files are kept unless --overwrite.
+
+    --min-quality S leaves out persons whose quality score is below S (and those without one).
 
     Exit status: 0 all done, 1 some persons or overlays failed (see OUT/errors.jsonl), 2 all
     failed or bad usage."""
@@ -50,7 +57,7 @@ def export(
         raise typer.BadParameter("use camera or model", param_hint="--mesh-frame")
     out = results if out is None else out
     opts = ExportOptions(out=out, formats=fmts, mesh_frame=mesh_frame, overwrite=overwrite, smpl_dir=smpl_dir,
-                         glb_camera=glb_camera)
+                         glb_camera=glb_camera, min_quality=min_quality, overlay_quality=overlay_quality)
     if not results.is_dir() or not find_result_images(results):
         what = "not a folder" if not results.is_dir() else "no results found (no result.json below it; run `hmrcli infer` first)"
         stderr.print(f"error: {results}: {what}", markup=False, highlight=False)
@@ -82,6 +89,9 @@ def export(
         stderr.print(f"{summary.persons} persons in {summary.images} images: {summary.done} done, {summary.skipped} skipped, "
                      f"{summary.failed} failed, {summary.written} files written in {summary.seconds:.1f} s -> {out}",
                      highlight=False)
+        if min_quality is not None:
+            stderr.print(f"--min-quality {min_quality:g}: {summary.below_quality} person(s) below it and "
+                         f"{summary.quality_unknown} without a quality score left out", highlight=False)
     sys.stdout.flush()
     raise typer.Exit(summary.exit_code)
 

@@ -57,6 +57,11 @@ def infer(
                           "capture, models/pose_prior).")] = "relaxed",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write OUT/<image>/overlay.png: the "
                        "meshes rendered over the photo.")] = False,
+    overlay_quality: Annotated[bool, typer.Option("--overlay-quality", help="With --overlay: colour each person by "
+                               "its quality score (red 0, yellow 0.5, green 1).")] = False,
+    min_quality: Annotated[Optional[float], typer.Option("--min-quality", min=0.0, max=1.0, metavar="S", help="Persons "
+                           "whose quality score (camera JSON 'quality', docs/method.md) is below S get no files: "
+                           "result.json lists them under 'problems' with their flags.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Persons per network call.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16 or fp16 "
@@ -159,6 +164,8 @@ def infer(
                      "`hmrcli weights list` (hmrcli doctor shows which are found), or use --engine fit.",
                      markup=False, highlight=False)
         raise typer.Exit(2)
+    if overlay_quality and not overlay:
+        raise typer.BadParameter("--overlay-quality colours the overlay: add --overlay", param_hint="--overlay-quality")
     if executor not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--executor")
     if executor == "local" and (ray_address or ray_workers or gpus_per_worker):
@@ -205,7 +212,8 @@ def infer(
         eng = None
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
                         checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay,
-                        exif_focal=exif_focal, principal_point=pp, intrinsics=table,
+                        exif_focal=exif_focal, principal_point=pp, intrinsics=table, min_quality=min_quality,
+                        overlay_quality=overlay_quality,
                         workers=workers if workers is not None else min(4, os.cpu_count() or 1))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -404,6 +412,11 @@ class _Reporter:
             if summary.no_person or summary.persons_failed:
                 line += (f"\n{summary.no_person} image(s) with no person found, {summary.persons_failed} person(s) "
                          f"found but not reconstructed (see {out}/errors.jsonl)")
+            flagged = {f: n for f, n in summary.flags.items() if n}
+            if flagged:
+                line += "\nquality flags (persons): " + ", ".join(f"{f} {n}" for f, n in flagged.items())
+            if summary.below_quality:
+                line += f"\n{summary.below_quality} person(s) below --min-quality: no files (listed in result.json)"
             if summary.interrupted:
                 line += (f"\ninterrupted ({summary.interrupted}): {summary.remaining} image(s) left; run the same "
                          "command again to finish them")
