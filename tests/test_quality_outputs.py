@@ -60,7 +60,7 @@ def test_min_quality_withholds_persons_and_counts_flags(tmp_path):
     assert s.flags == {**{f: 0 for f in FLAGS}, "rois_disagree": 3, "tiny": 1}
     js = s.to_json()
     assert js["below_quality"] == 1 and js["flags"]["rois_disagree"] == 3
-    assert res["person_indices"] == [0, 1] and res["min_quality"] == 0.5
+    assert res["person_indices"] == [0, 1]
     assert [(q["index"], q["score"], q["written"]) for q in res["quality"]] == [(0, 0.9, True), (1, 0.6, True),
                                                                                (2, 0.2, False)]
     (problem,) = res["problems"]
@@ -78,7 +78,7 @@ def test_without_min_quality_everybody_is_written_and_settings_unchanged(tmp_pat
     out = tmp_path / "out"
     s = _run(src, det, out)
     res = json.loads((out / "a.png" / "result.json").read_text())
-    assert s.persons == 2 and s.below_quality == 0 and res["problems"] == [] and res["min_quality"] is None
+    assert s.persons == 2 and s.below_quality == 0 and res["problems"] == []
     assert all(q["written"] for q in res["quality"])
     settings, _ = run_settings(QualityStub(), InferOptions(out=out), det)
     assert "min_quality" not in settings and "overlay_quality" not in settings  # old results are not redone

@@ -4,7 +4,7 @@ Multi-RoI sees every person through M shifted and scaled crops. When the crops a
 estimate is likely sound; when they disagree, something is off (occlusion, truncation, a
 wrong box). This module turns that, and a few checks any engine can make, into one
 ``quality`` block per person (written into the camera JSON, ``hmrcli.camera/1``; the
-field table with units is in ``docs/records.md``, the score in ``docs/method.md`` §10).
+field table with units is in ``docs/records.md``, the score in ``docs/method.md`` §9).
 
 Measures (all per person; "per joint" lists hold null where a joint has no value):
 
@@ -36,18 +36,20 @@ The score in [0, 1] is a product of factors, each in [0, 1] (:func:`score_of`; t
 are recorded as ``components``):
 
     score = consistency * visibility * size * box * penalty
-    consistency = exp(-sum_k x_k / s_k) * (rois_used / rois)
+    consistency = exp(-sum_k max(0, m_k - floor_k) / scale_k) * (rois_used / rois)
     visibility  = visible_joints / 17
     size        = min(1, height_px / (2 * tiny_px))
     box         = 0.5 + 0.5 * box_score     (1 when the box has no score)
     penalty     = 0 if behind_camera, else 0.5 if implausible_pose, times 0.8 if truncated
 
-with x_k the engine's disagreement and residual measures and s_k their scales
-(:class:`QualitySettings`): the regression engine's ``joint_spread_mm`` (s = 50 mm) and
-``camera_spread_pct`` (s = 10 %); the fit's ``landmark_spread_box_pct`` (s = 4 %),
-``landmark_spread_3d_mm`` (s = 60 mm), ``residual_2d_px`` in % of the box (s = 4 %) and
-``residual_3d_mm`` (s = 100 mm). A measure that cannot be computed (one RoI, no per-RoI
-poses from an ONNX graph) is left out of the sum.
+with m_k the engine's disagreement and residual measures and floor_k, scale_k in
+:class:`QualitySettings`: the regression engine's ``joint_spread_mm`` (20 / 50 mm) and
+``camera_spread_pct`` (2 / 10 %); the fit's ``landmark_spread_box_pct`` (1 / 16 %),
+``landmark_spread_3d_mm`` (40 / 500 mm), ``residual_2d_px`` in % of the box (1 / 8 %) and
+``residual_3d_mm`` (20 / 25 mm); ``rois_used / rois`` for the fit only. A measure that cannot
+be computed (one RoI, no per-RoI poses from an ONNX graph) is left out. The fit's values were
+chosen on a synthetic development set (docs/method.md §9.4); the regression engine's are not
+calibrated (no trained regressor exists here).
 
 Flags, fixed names (:data:`FLAGS`): ``truncated``; ``low_visibility`` (visible_joints <
 ``min_visible``); ``rois_disagree`` (a spread above its threshold, or, for the fit, fewer

@@ -400,7 +400,7 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
             atomic_write_text(d / "result.json", json.dumps({
                 "schema": RESULT_SCHEMA, "image": str(src.path), "name": src.name, "persons": len(kept),
                 "person_indices": [k for k, _ in kept], "problems": problems, "quality": assessed,
-                "min_quality": opts.min_quality, "files": files,
+                "files": files,
                 "engine": engine.name, "checkpoint": opts.checkpoint, "mesh_frame": opts.mesh_frame,
                 "hmrcli": __version__,
             }, indent=1))
