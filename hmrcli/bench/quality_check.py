@@ -208,9 +208,21 @@ def ranking(score: np.ndarray, error: np.ndarray) -> dict[str, Any]:
 
 #: measures of the quality block compared one by one with the error (their Spearman rho)
 _MEASURES = {
-    "fit": ("landmark_spread_box_pct", "landmark_spread_3d_mm", "residual_2d_px", "residual_3d_mm"),
-    "regress": ("joint_spread_mm", "camera_spread_pct"),
+    "fit": ("landmark_spread_box_pct", "landmark_spread_3d_mm", "residual_2d_px", "residual_3d_mm", "rois_dropped",
+            "hidden_joints"),
+    "regress": ("joint_spread_mm", "camera_spread_pct", "hidden_joints"),
 }
+
+
+def _measure(q: dict[str, Any], key: str) -> float | None:
+    """A measure of a quality block, higher = worse (``rois_dropped`` = rois - rois_used,
+    ``hidden_joints`` = 17 - visible_joints)."""
+    if key == "rois_dropped":
+        return q["rois"] - q["rois_used"]
+    if key == "hidden_joints":
+        return 17 - q["visible_joints"]
+    v = q.get(key)
+    return v.get("overall") if isinstance(v, dict) else v
 
 
 def measure_correlations(rows: list[dict[str, Any]], engine: str) -> dict[str, Any]:
@@ -222,8 +234,7 @@ def measure_correlations(rows: list[dict[str, Any]], engine: str) -> dict[str, A
         for r in rows:
             if not r["found"]:
                 continue
-            v = r["quality"].get(key)
-            v = v.get("overall") if isinstance(v, dict) else v
+            v = _measure(r["quality"], key)
             if v is not None and np.isfinite(v):
                 xs.append(v)
                 es.append(r["pa_mpjpe_mm"])
