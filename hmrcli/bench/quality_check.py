@@ -243,8 +243,8 @@ def measure_correlations(rows: list[dict[str, Any]], engine: str) -> dict[str, A
 
 
 def summarise(rows: list[dict[str, Any]], engine: str, seconds: float) -> dict[str, Any]:
-    """The engine's section of the report: persons found, the ranking by score, the single
-    measures' correlations, per corruption mean error and mean score, flag counts."""
+    """The engine's section of the report: persons found, the ranking by score (and, for
+    reference, by the true error: the best possible), the single measures' correlations, per corruption mean error and mean score, flag counts."""
     found = [r for r in rows if r["found"]]
     score = np.array([r["quality"]["score"] for r in found])
     err = np.array([r["pa_mpjpe_mm"] for r in found])
@@ -261,6 +261,7 @@ def summarise(rows: list[dict[str, Any]], engine: str, seconds: float) -> dict[s
     truncated_ok = [r for r in found if r["side"] is not None]
     side_hit = sum(1 for r in truncated_ok if r["side"] in r["quality"]["truncated"])
     return {"persons": len(rows), "found": len(found), "score_ranking": ranking(score, err),
+            "ranked_by_true_error": ranking(-err, err),  # the best any score could do on this set
             "single_measures_spearman": measure_correlations(rows, engine), "by_corruption": per, "flags": flags,
             "truncated_side_detected": f"{side_hit}/{len(truncated_ok)}",
             "seconds_per_person": round(seconds / max(1, len(rows)), 3)}
