@@ -35,9 +35,12 @@ schema                      written by / one per              fields (units)
                                                               ``box_xyxy``, ``score``, ``box_source``,
                                                               ``crop_box_cxcyb``}, ``rois``, ``engine``,
                                                               ``regressor`` | ``fit``, ``refine``,
-                                                              ``body_model``, ``estimate``, ``hmrcli``
+                                                              ``body_model``, ``estimate``, ``quality`` (score
+                                                              in [0, 1], flags, RoI spreads: docs/records.md),
+                                                              ``hmrcli``
 ``hmrcli.result/1``         ``hmrcli infer``: OUT/NAME/       ``image`` (path), ``name``, ``persons`` (count),
-                            result.json (written last)        ``person_indices``, ``problems``, ``files``,
+                            result.json (written last)        ``person_indices``, ``problems``, ``quality``,
+                                                              ``files``,
                                                               ``engine``, ``checkpoint``, ``mesh_frame``, ``hmrcli``
 ``hmrcli.manifest/1``       ``hmrcli infer``: OUT/            ``kind`` "run" (``settings``, ``settings_id``) or
                             manifest.jsonl (append-only)      "image" (``name``, ``settings_id``, ``files``)
@@ -45,13 +48,13 @@ schema                      written by / one per              fields (units)
                             person_KK.json                    (axis-angle rad, betas, ``transl`` m), ``joints``
                                                               (m and px), ``units``, ``source``
 ``hmrcli.error/1``          OUT/errors.jsonl (infer, crop,    ``file``, ``stage`` ("read", "detect", "boxes",
-                            export) and ``--json`` error      "crop", "regress", "fit", "landmarks", "write",
+                            export) and ``--json`` error      "crop", "regress", "fit", "landmarks", "quality", "write",
                                                               "export"), ``message``
                             events, one per failed input      (names the file); ``event`` "error" on stdout
 ``hmrcli.summary/1``        every batch command, last         ``command``, ``images``, ``done``, ``skipped``,
                             ``--json`` line                   ``failed``, ``persons``, ``seconds``, ``exit_code``
                                                               (infer adds ``remaining``, ``redone``,
-                                                              ``interrupted``)
+                                                              ``below_quality``, ``flags``, ``interrupted``)
 ``hmrcli.doctor/1``         ``hmrcli doctor --json``          versions, devices, optional parts, models
 ==========================  ================================  =====================================================
 

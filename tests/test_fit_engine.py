@@ -140,3 +140,7 @@ def test_refine_pchmr_and_fit_after_regression(tmp_path):
     # the constant network's mesh is a rest pose at a guessed depth: the fit moves it onto the person
     assert outs["fit"]["estimate"]["refine_fit"]["reproj_box"] < 0.05
     assert outs["fit"]["t"] != outs["none"]["t"]
+    # quality: the regressor's block, kept by pc-hmr; the refined fit's own, with the regressor's verdict
+    assert outs["none"]["quality"]["engine"] == "regress" and outs["pc-hmr"]["quality"] == outs["none"]["quality"]
+    assert outs["fit"]["quality"]["engine"] == "fit" and outs["fit"]["quality"]["landmarks_used"] > 0
+    assert outs["fit"]["quality"]["refined_from"]["score"] == outs["none"]["quality"]["score"]

@@ -26,6 +26,11 @@ def export(
                           "model: body-model output before the camera translation.")] = "camera",
     glb_camera: Annotated[bool, typer.Option("--glb-camera/--no-glb-camera", help="Put the camera into the GLB files.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
+    min_quality: Annotated[Optional[float], typer.Option("--min-quality", min=0.0, max=1.0, metavar="S", help="Export "
+                           "only persons whose quality score (camera JSON 'quality.score') is >= S; persons below it, "
+                           "or without a score (results of an older hmrcli), are left out and counted.")] = None,
+    overlay_quality: Annotated[bool, typer.Option("--overlay-quality", help="overlay: colour each person by its "
+                               "quality score (red 0, yellow 0.5, green 1).")] = False,
     smpl_dir: Annotated[Optional[str], typer.Option("--smpl-dir", envvar="HMRCLI_SMPL_DIR",
                                                     help="Folder with SMPL files (results made with SMPL).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -35,6 +40,8 @@ def export(
     (posed mesh), .glb (skinned, posed body with skeleton and camera), .json (hmrcli.person/1),
     .params.npz; per image OUT/<image>/overlay.png. Sequences (videos; README: Sequences): per
     track OUT/<sequence>/track_XX.glb (animated), .bvh, .npz. Existing files are kept unless --overwrite.
+
+    --min-quality S leaves out persons whose quality score is below S (and those without one).
 
     Exit status: 0 all done, 1 some persons or overlays failed (see OUT/errors.jsonl), 2 all
     failed or bad usage."""
@@ -71,7 +78,8 @@ def export(
     skip = (lambda name: (results / name).resolve() in in_sequence) if (sequences and not frames) else None
     image_fmts = tuple(f for f in fmts if f in EXPORT_FORMATS)
     opts = ExportOptions(out=out, formats=image_fmts or ("npz",), mesh_frame=mesh_frame, overwrite=overwrite,
-                         smpl_dir=smpl_dir, glb_camera=glb_camera)
+                         smpl_dir=smpl_dir, glb_camera=glb_camera, min_quality=min_quality,
+                         overlay_quality=overlay_quality)
     images_left = [n for n, _ in find_result_images(results) if skip is None or not skip(n)] if image_fmts else []
     t0 = time.perf_counter()
     try:
@@ -115,6 +123,9 @@ def export(
         stderr.print(f"{what}{summary.persons} persons in {summary.images} images: {summary.done} done, {summary.skipped} skipped, "
                      f"{summary.failed} failed, {summary.written} files written in {summary.seconds:.1f} s -> {out}",
                      highlight=False)
+        if min_quality is not None:
+            stderr.print(f"--min-quality {min_quality:g}: {summary.below_quality} person(s) below it and "
+                         f"{summary.quality_unknown} without a quality score left out", highlight=False)
     sys.stdout.flush()
     raise typer.Exit(summary.exit_code)
 

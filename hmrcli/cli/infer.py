@@ -58,6 +58,11 @@ def infer(
                           "capture, models/pose_prior).")] = "relaxed",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Also write OUT/<image>/overlay.png: the "
                        "meshes rendered over the photo.")] = False,
+    overlay_quality: Annotated[bool, typer.Option("--overlay-quality", help="With --overlay: colour each person by "
+                               "its quality score (red 0, yellow 0.5, green 1).")] = False,
+    min_quality: Annotated[Optional[float], typer.Option("--min-quality", min=0.0, max=1.0, metavar="S", help="Persons "
+                           "whose quality score (camera JSON 'quality', docs/method.md) is below S get no files: "
+                           "result.json lists them under 'problems' with their flags.")] = None,
     batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Persons per network call: a number, or auto "
                           "(CUDA: from the free GPU memory and the memory one person takes, measured at start; CPU: "
                           "16).")] = "auto",
@@ -184,6 +189,8 @@ def infer(
                      markup=False, highlight=False)
         raise typer.Exit(2)
     batch: int | str = parse_batch_size(batch_size)
+    if overlay_quality and not overlay:
+        raise typer.BadParameter("--overlay-quality colours the overlay: add --overlay", param_hint="--overlay-quality")
     if executor not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--executor")
     if executor == "local" and (ray_address or ray_workers or gpus_per_worker):
@@ -231,7 +238,8 @@ def infer(
         eng = None
     opts = InferOptions(out=out, mesh_formats=fmts, mesh_frame=mesh_frame, focal=focal, overwrite=overwrite,
                         checkpoint=str(checkpoint or ""), max_persons=max_persons, overlay=overlay,
-                        exif_focal=exif_focal, principal_point=pp, intrinsics=table,
+                        exif_focal=exif_focal, principal_point=pp, intrinsics=table, min_quality=min_quality,
+                        overlay_quality=overlay_quality,
                         workers=workers if workers is not None else min(4, os.cpu_count() or 1),
                         images_per_step=images_per_step)
     if sequence is None:  # default: videos are sequences, images are not
@@ -453,6 +461,11 @@ class _Reporter:
                 line += (f"\n{summary.sequences} sequence(s), {summary.tracks} track(s)"
                          + (f", {summary.sequences_failed} sequence(s) failed (see {out}/errors.jsonl)"
                             if summary.sequences_failed else ""))
+            flagged = {f: n for f, n in summary.flags.items() if n}
+            if flagged:
+                line += "\nquality flags (persons): " + ", ".join(f"{f} {n}" for f, n in flagged.items())
+            if summary.below_quality:
+                line += f"\n{summary.below_quality} person(s) below --min-quality: no files (listed in result.json)"
             if summary.interrupted:
                 line += (f"\ninterrupted ({summary.interrupted}): {summary.remaining} image(s) left; run the same "
                          "command again to finish them")

@@ -41,7 +41,9 @@ class PersonEstimate:
     vertices_model (V,3): the body model's output with that pose (before the camera
     translation); cam_t (3,): full-image camera translation, X_cam = X_model + cam_t;
     K (3,3) intrinsics; rois (M,3) RoI boxes (cx, cy, b); cams_local (M,3) (s, tx, ty);
-    bbox_info (M,3); joints_model (24,3).
+    bbox_info (M,3); joints_model (24,3); quality: the person's quality block
+    (:mod:`hmrcli.engine.quality`; None when not assessed), written as the camera JSON's
+    ``quality``.
     """
 
     box: PersonBox
@@ -59,6 +61,7 @@ class PersonEstimate:
     vertices_model: np.ndarray
     joints_model: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True)

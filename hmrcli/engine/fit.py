@@ -14,6 +14,11 @@ cannot be found is returned as ``None`` with the reason in the prepared item's `
   (:func:`hmrcli.fit.pchmr.calibrate_mesh`; the mesh files then hold the calibrated surface
   while the saved parameters stay those of the estimate -- PC-HMR moves vertices, it has no
   parameters).
+
+Every estimate gets its quality block (:mod:`hmrcli.engine.quality`): the fit engine's from
+the per-RoI landmarks and the fit residuals; ``--refine fit`` recomputes it for the refined
+fit (the base engine's score, flags and spreads kept under ``refined_from``); ``--refine
+pc-hmr`` keeps the base engine's.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from hmrcli import geometry as G
 from hmrcli.body import BodyModel
 from hmrcli.engine.base import PersonBox, PersonEstimate, Prepared, finished_images
+from hmrcli.engine.quality import add_fit_quality
 from hmrcli.fit.landmarks import Landmarker, PersonLandmarks
 from hmrcli.fit.optimize import (
     FitInit,
@@ -142,6 +148,7 @@ class FitEngine:
                       "focal": prepared[i][0].focal, "principal": prepared[i][0].principal,
                       "box": prepared[i][1][j]} for i, j in chunk]
             ests = _estimates(self.body, metas, fit, "fit")
+            add_fit_quality(self.body, ests, [m["lm"] for m in metas])
             for (i, j), est in zip(chunk, ests):
                 results[i][j] = est
             if on_persons is not None:
@@ -272,7 +279,13 @@ class RefinedEngine:
         fit = fit_bodies(self.kb, _targets(items), init=init, options=self.options, device=self.device)
         metas = [{"lm": lm, "image_wh": e.image_wh, "focal": e.focal, "principal": (float(e.K[0, 2]), float(e.K[1, 2])),
                   "box": e.box} for lm, e in zip(lms, base)]
-        return _estimates(self.body, metas, fit, "refine_fit", base)
+        refined = _estimates(self.body, metas, fit, "refine_fit", base)
+        add_fit_quality(self.body, refined, lms)
+        for est, prev in zip(refined, base):  # the base engine's verdict stays visible
+            if est.quality is not None and prev.quality is not None:
+                est.quality["refined_from"] = {k: prev.quality.get(k) for k in (
+                    "engine", "score", "flags", "joint_spread_mm", "camera_spread_pct") if k in prev.quality}
+        return refined
 
     def _refine_pchmr(self, chunk, prepared, base: list[PersonEstimate]) -> list[PersonEstimate]:
         lms = [prepared[i][0].landmarks[j] for i, j in chunk]

@@ -4,7 +4,9 @@ Per person: the detector box becomes the crop box (CLIFF's rule for the checkpoi
 aspect), the M RoIs of the fixed layout are cropped, ``bbox_info`` is computed with the
 image's focal length, the network regresses pose/shape/local camera per RoI, the person's
 estimate follows the checkpoint's aggregation, and RoI 0's local camera gives the
-full-image perspective camera (docs/method.md §4). Batched over persons.
+full-image perspective camera (docs/method.md §4). Batched over persons. Each batch's
+estimates get their quality block (:func:`hmrcli.engine.quality.add_regress_quality`: the
+RoIs' own poses and cameras compared).
 
 Where the crops are cut (``crops``), one path per device, chosen by measurement:
 
@@ -46,6 +48,7 @@ import torch
 from hmrcli import geometry as G
 from hmrcli.body import BodyModel
 from hmrcli.engine.base import PersonBox, PersonEstimate, Prepared, finished_images
+from hmrcli.engine.quality import add_regress_quality
 
 __all__ = ["PersonBox", "PersonEstimate", "RegressionEngine", "RegressPrepared",  # (the records: hmrcli.engine.base)
            "PRECISIONS", "CROP_PATHS", "DEFAULT_BACKBONE_CHUNK", "DEFAULT_CPU_BATCH_SIZE", "resolve_precision",
@@ -296,7 +299,9 @@ class RegressionEngine:
     def forward_network(self, crops: torch.Tensor, info: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network, with this engine's precision, memory format, backbone chunking and
         compilation, on crops (B, M, 3, h, w) float 0..255 and bbox_info (B, M, 3) on the
-        device -> float32 ``rotmats`` (B, 24, 3, 3), ``betas`` (B, 10), ``cams`` (B, M, 3)."""
+        device -> float32 ``rotmats`` (B, 24, 3, 3), ``betas`` (B, 10), ``cams`` (B, M, 3), and
+        when the network gives them (not an ONNX graph) each RoI's own ``roi_rotmats`` (B, M, 24,
+        3, 3) and ``roi_betas`` (B, M, 10)."""
         x = G.normalize_crops(crops)
         bi = info.to(device=self.device, dtype=torch.float32)
         b = x.shape[0]
@@ -310,11 +315,14 @@ class RegressionEngine:
         ctx = torch.autocast(self.device.type, dtype=dt) if dt is not None else contextlib.nullcontext()
         with ctx:
             out = self._net(x, bi, **self._net_kwargs)
-        return {
+        res = {
             "rotmats": out.person_rotmats[:b].float(),
             "betas": out.person_betas[:b].float(),
             "cams": out.cams[:b].float(),
         }
+        if getattr(out, "rotmats", None) is not None:  # each RoI's own estimate (for the quality block)
+            res["roi_rotmats"], res["roi_betas"] = out.rotmats[:b].float(), out.betas[:b].float()
+        return res
 
     def auto_batch_size(self, image_pixels: float = 12e6, fraction: float = 0.6, cap: int = 256) -> int:
         """Persons per batch for ``batch_size="auto"``. CPU: :data:`DEFAULT_CPU_BATCH_SIZE`.
@@ -396,6 +404,8 @@ class RegressionEngine:
                     cam_t=cam_t[k], K=G.intrinsics(focal[k], w, h, principal[k]), focal=float(focal[k]), image_wh=(w, h),
                     vertices_model=verts[k], joints_model=joints[k], extra={"engine": "regress"},
                 )
+            add_regress_quality(self.body, [results[i][j] for i, j in chunk], net.get("roi_rotmats"),
+                                net.get("roi_betas"), self.betas_applied)
             if on_persons is not None:
                 on_persons(len(chunk))
         return results  # type: ignore[return-value]

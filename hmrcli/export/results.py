@@ -57,7 +57,7 @@ from hmrcli.export.writers import (
 )
 from hmrcli.files import append_json_line, json_text
 from hmrcli.records import BatchSummary
-from hmrcli.render import render_overlay
+from hmrcli.render import quality_color, render_overlay
 from hmrcli.sources import ImageReadError, read_image
 
 __all__ = [
@@ -102,6 +102,8 @@ class ExportOptions:
     overwrite: bool = False
     smpl_dir: str | os.PathLike | None = None
     glb_camera: bool = True  # put the camera into the GLB files
+    min_quality: float | None = None  # export only persons whose camera JSON quality.score >= this
+    overlay_quality: bool = False  # overlay: colour each person by its quality score
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in EXPORT_FORMATS]
@@ -119,9 +121,11 @@ class ExportSummary(BatchSummary):
 
     command: ClassVar[str] = "export"
     written: int = 0
+    below_quality: int = 0  # persons left out by --min-quality (score below it; counted as skipped)
+    quality_unknown: int = 0  # persons left out by --min-quality because their camera JSON has no quality score
 
     def _extra_json(self) -> dict[str, Any]:
-        return {"written": self.written}
+        return {"written": self.written, "below_quality": self.below_quality, "quality_unknown": self.quality_unknown}
 
 
 @dataclass
@@ -465,7 +469,36 @@ def run_export(
                 summ.skipped += 1
                 counts["skipped"] += 1
 
+        def passes(stem: str) -> bool:
+            """With --min-quality: whether the person's quality score reaches it (counted when not)."""
+            if opts.min_quality is None:
+                return True
+            q = load(stem).camera.get("quality")
+            score = q.get("score") if isinstance(q, dict) else None
+            if not isinstance(score, (int, float)):
+                summ.quality_unknown += 1
+                counts["below_quality"] += 1
+                return False
+            if not score >= opts.min_quality:
+                summ.below_quality += 1
+                counts["below_quality"] += 1
+                return False
+            return True
+
+        counts["below_quality"] = 0
+        kept: list[str] = []
         for stem in stems:
+            if opts.min_quality is not None:
+                try:
+                    ok = passes(stem)
+                except ResultsError as e:
+                    fail(d / f"{stem}.params.npz", str(e))
+                    record(False, 0)
+                    continue
+                if not ok:
+                    record(True, 0)
+                    continue
+            kept.append(stem)
             targets = {f: od / f"{stem}{_SUFFIX[f]}" for f in person_fmts}
             # never write over a file being read (npz into the results folder itself)
             pending = [f for f, t in targets.items()
@@ -519,8 +552,8 @@ def run_export(
             else:
                 image_path: Path | str = d / "result.json"
                 try:
-                    meshes, first = [], None
-                    for stem in stems:
+                    meshes, first, colors = [], None, []
+                    for stem in kept:
                         try:
                             p = load(stem)
                             posed = posed_of(p)
@@ -528,8 +561,18 @@ def run_export(
                             raise ResultsError(f"{target}: not drawn, a person cannot be read: {e}") from None
                         first = first or p
                         meshes.append((posed.vertices + p.transl, np.asarray(body_for(p).faces)))
-                    image_path = _overlay_image_path(d, first)
-                    atomic_write_bytes(target, _overlay(image_path, meshes, first))
+                        q = p.camera.get("quality")
+                        colors.append(quality_color(q.get("score") if isinstance(q, dict) else None))
+                    like = first
+                    for stem in stems if like is None else ():  # everybody left out by --min-quality
+                        try:
+                            like = load(stem)
+                            break
+                        except ResultsError:
+                            continue
+                    image_path = _overlay_image_path(d, like)
+                    atomic_write_bytes(target, _overlay(image_path, meshes, first,
+                                                        colors=colors if opts.overlay_quality else None, like=like))
                     record(True, 1)
                 except Exception as e:
                     msg = str(e) if isinstance(e, ResultsError) else f"{target}: {type(e).__name__}: {e}"
@@ -554,7 +597,11 @@ def _overlay_image_path(d: Path, p: SavedPerson | None) -> Path:
     return Path(path)
 
 
-def _overlay(image_path: Path, meshes: list[tuple[np.ndarray, np.ndarray]], p: SavedPerson | None) -> bytes:
+def _overlay(image_path: Path, meshes: list[tuple[np.ndarray, np.ndarray]], p: SavedPerson | None,
+             colors: list[tuple[float, float, float]] | None = None, like: SavedPerson | None = None) -> bytes:
+    """The overlay PNG: ``meshes`` drawn over the source image with ``p``'s camera (``colors``
+    per mesh, None: the default palette); no person: the image itself (checked against
+    ``like``'s recorded size when given)."""
 
     if not image_path.is_file():
         raise ResultsError(f"{image_path}: source image not found (the overlay needs the original image; "
@@ -564,10 +611,15 @@ def _overlay(image_path: Path, meshes: list[tuple[np.ndarray, np.ndarray]], p: S
     except ImageReadError as e:
         raise ResultsError(str(e)) from None
     if p is None:
-        return _png(image)  # nobody to draw
+        p = like
+        if p is None:
+            return _png(image)  # nobody to draw
+        meshes = []
     img = p.camera.get("image") or {}
     w, h = img.get("width"), img.get("height")
     if (w, h) != (image.shape[1], image.shape[0]) and w is not None:
         raise ResultsError(f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but the results were made "
                            f"from a {w}x{h} image; it is not the same image")
-    return _png(render_overlay(image, meshes=meshes, K=p.K))
+    if not meshes:
+        return _png(image)
+    return _png(render_overlay(image, meshes=meshes, K=p.K, colors=colors))

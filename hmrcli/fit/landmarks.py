@@ -75,6 +75,10 @@ class PersonLandmarks:
     blazepose2d: np.ndarray
     blazepose_vis: np.ndarray
     blazepose3d: np.ndarray
+    roi_kp2d: np.ndarray | None = None
+    roi_vis: np.ndarray | None = None
+    roi_kp3d: np.ndarray | None = None
+    roi_in_crop: np.ndarray | None = None
 
     def to_json(self) -> dict:
         return {
@@ -222,7 +226,13 @@ class Landmarker:
         p = f2[sel]
         outside = (p[:, 0] < 0) | (p[:, 1] < 0) | (p[:, 0] > w - 1) | (p[:, 1] > h - 1)
         conf = np.where(outside, conf * self.outside_weight, conf)
+        m = len(rois)
+        roi2, roi3 = np.full((m, 17, 2), np.nan), np.full((m, 17, 3), np.nan)
+        roi_v, roi_in = np.zeros((m, 17)), np.zeros((m, 17), dtype=bool)
+        roi2[idx], roi3[idx] = np.stack(sets2)[:, sel], np.stack(sets3)[:, sel]
+        roi_v[idx], roi_in[idx] = np.stack(sets_v)[:, sel], np.stack(inside)[:, sel]
         return PersonLandmarks(
             kp2d=f2[sel], conf2d=conf, kp3d=f3[sel], conf3d=conf.copy(), rois=rois, rois_ok=ok,
             blazepose2d=f2, blazepose_vis=fv, blazepose3d=f3,
+            roi_kp2d=roi2, roi_vis=roi_v, roi_kp3d=roi3, roi_in_crop=roi_in,
         )

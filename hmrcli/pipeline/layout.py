@@ -28,7 +28,7 @@ from hmrcli.pipeline.options import (
     ERRORS_NAME,
     InferOptions,
 )
-from hmrcli.render import render_overlay
+from hmrcli.render import quality_color, render_overlay
 from hmrcli.sources import ImageSource
 
 _OUR_FILE = re.compile(r"^(person_\d+\.(obj|ply|camera\.json|params\.npz)|overlay\.png|result\.json)$")
@@ -101,6 +101,8 @@ def camera_record(est: PersonEstimate, index: int, image_path: str, engine: Any,
     details = {k: v for k, v in est.extra.items() if k != "engine"}
     if details:
         rec["estimate"] = details
+    if est.quality is not None:
+        rec["quality"] = est.quality
     return rec
 
 
@@ -125,11 +127,14 @@ def _write_person(dirpath: Path, k: int, est: PersonEstimate, src: ImageSource, 
     files.append(f"{stem}.camera.json")
 
 
-def _write_overlay(dirpath: Path, image: np.ndarray, ests: list[PersonEstimate], faces: np.ndarray) -> str:
-    """OUT/NAME/overlay.png: every person's mesh rendered over the image (camera frame)."""
+def _write_overlay(dirpath: Path, image: np.ndarray, ests: list[PersonEstimate], faces: np.ndarray,
+                   by_quality: bool = False) -> str:
+    """OUT/NAME/overlay.png: every person's mesh rendered over the image (camera frame);
+    ``by_quality``: each coloured by its quality score (:func:`hmrcli.render.quality_color`)."""
     if ests:
         meshes = [(e.vertices_model + e.cam_t, faces) for e in ests]
-        rgb = render_overlay(image, meshes, ests[0].K)
+        colors = [quality_color((e.quality or {}).get("score")) for e in ests] if by_quality else None
+        rgb = render_overlay(image, meshes, ests[0].K, colors=colors)
     else:
         rgb = image
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))

@@ -203,6 +203,9 @@ def run_settings(engine: Any, opts: InferOptions, detector: Any,
         "mesh_formats": list(opts.mesh_formats),
         "mesh_frame": opts.mesh_frame,
         "overlay": bool(opts.overlay),
+        # (only when set: results made before these options existed are not redone for them)
+        **({"min_quality": float(opts.min_quality)} if opts.min_quality is not None else {}),
+        **({"overlay_quality": True} if opts.overlay and opts.overlay_quality else {}),
         **opts.settings,
     }
     return _canonical(settings), files

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hmrcli.engine.quality import FLAGS
 from hmrcli.records import BatchSummary
 
 CAMERA_SCHEMA = "hmrcli.camera/1"
@@ -62,6 +63,8 @@ class InferOptions:
     max_persons: int | None = None  # keep the N highest-scoring persons (None: at most DEFAULT_MAX_PERSONS, noted)
     overlay: bool = False  # also write OUT/NAME/overlay.png (meshes rendered over the photo)
     workers: int = 2  # image-decoding threads (0: decode in the loader thread)
+    min_quality: float | None = None  # persons whose quality score is below this get no files (a "problems" entry)
+    overlay_quality: bool = False  # overlay: colour each person by its quality score (red 0 -> green 1)
     settings: dict[str, Any] = field(default_factory=dict)  # more settings for the manifest (compared on re-runs)
     # hmrcli.pipeline.sequence.SequenceOptions: track persons through videos (and folders) after the
     # frames are written; None: every image on its own (not part of the per-image settings)
@@ -78,6 +81,8 @@ class InferSummary(BatchSummary):
     sequences: int = 0  # sequences tracked (or found up to date)
     tracks: int = 0  # tracks of those sequences
     sequences_failed: int = 0  # sequences that could not be tracked (errors.jsonl, stage "track")
+    below_quality: int = 0  # persons reconstructed but withheld: quality score below --min-quality
+    flags: dict[str, int] = field(default_factory=lambda: {f: 0 for f in FLAGS})  # persons per quality flag
 
     @property
     def remaining(self) -> int:
@@ -95,7 +100,8 @@ class InferSummary(BatchSummary):
 
     def _extra_json(self) -> dict[str, Any]:
         return {"remaining": self.remaining, "redone": self.redone, "no_person": self.no_person,
-                "persons_failed": self.persons_failed, "interrupted": self.interrupted,
+                "persons_failed": self.persons_failed, "below_quality": self.below_quality, "flags": dict(self.flags),
+                "interrupted": self.interrupted,
                 **({"sequences": self.sequences, "tracks": self.tracks, "sequences_failed": self.sequences_failed}
                    if self.sequences or self.sequences_failed else {})}
 

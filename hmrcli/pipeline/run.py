@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,8 @@ class ImageDone:
     persons_failed: int
     no_person: bool
     worker: dict[str, Any] | None = None  # which worker made it (several workers: host, node, pid)
+    flags: dict[str, int] = field(default_factory=dict)  # its persons per quality flag (written or withheld)
+    below_quality: int = 0  # its persons withheld by --min-quality
 
 
 @dataclass
@@ -260,6 +262,9 @@ class Recorder:
         summ.done += 1
         summ.persons += o.persons
         summ.persons_failed += o.persons_failed
+        summ.below_quality += o.below_quality
+        for f, n in o.flags.items():
+            summ.flags[f] = summ.flags.get(f, 0) + n
         summ.no_person += bool(o.no_person)
         self.emit({"event": "done", "file": o.image, "name": o.name, "persons": o.persons, "out": o.out_dir})
 
@@ -375,6 +380,21 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
                 staged.append((engine_name, f"{src.path}: person {job.indices[j]}: the estimate "
                                "is not finite (NaN/inf); nothing written for it"))
                 ests[j] = None
+        assessed, flag_counts = [], {}
+        for j, est in enumerate(ests):  # the quality verdicts; --min-quality withholds the doubtful
+            if est is None or est.quality is None:
+                continue
+            q, k = est.quality, job.indices[j]
+            for f in q.get("flags", ()):
+                flag_counts[f] = flag_counts.get(f, 0) + 1
+            below = opts.min_quality is not None and not q.get("score", 0.0) >= opts.min_quality
+            assessed.append({"index": k, "score": q.get("score"), "flags": list(q.get("flags", ())), "written": not below})
+            if below:
+                staged.append(("quality", f"{src.path}: person {k}: quality score {q.get('score')} below --min-quality "
+                               f"{opts.min_quality:g} (flags: {', '.join(q.get('flags', ())) or 'none'}); no files "
+                               "written for it"))
+                ests[j] = None
+        withheld = sum(not a["written"] for a in assessed)
         problems = [m for _, m in staged]
         kept = [(job.indices[j], est) for j, est in enumerate(ests) if est is not None]
         files: list[str] = []
@@ -392,10 +412,12 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
                 _write_person(d, k, est, src, engine, opts, files,
                               job.camera.source if job.camera is not None else "default sqrt(W^2 + H^2)")
             if opts.overlay and image is not None:
-                files.append(_write_overlay(d, image, [est for _, est in kept], engine.body.faces))
+                files.append(_write_overlay(d, image, [est for _, est in kept], engine.body.faces,
+                                            by_quality=opts.overlay_quality))
             atomic_write_text(d / "result.json", json.dumps({
                 "schema": RESULT_SCHEMA, "image": str(src.path), "name": src.name, "persons": len(kept),
-                "person_indices": [k for k, _ in kept], "problems": problems, "files": files,
+                "person_indices": [k for k, _ in kept], "problems": problems, "quality": assessed,
+                "files": files,
                 "engine": engine.name, "checkpoint": opts.checkpoint, "mesh_frame": opts.mesh_frame,
                 "hmrcli": __version__,
             }, indent=1))
@@ -410,7 +432,8 @@ def execute(todo: list[ImageSource], engine: Any, opts: InferOptions, detector: 
         no_person = not job.persons and not job.notes
         record(ImageDone(src.name, str(src.path), str(d), len(kept), files,
                          [error_record(str(src.path), stage, why) for stage, why in staged],
-                         len(job.notes) + len(job.persons) - len(kept), no_person))
+                         len(job.notes) + len(job.persons) - len(kept) - withheld, no_person,
+                         flags=flag_counts, below_quality=withheld))
         locks.release(src.name)
 
     # engines check the stop request between person batches and report progress (Engine.run)

@@ -44,6 +44,7 @@ from hmrcli.render.renderer import (
     PALETTE,
     RenderOutput,
     default_colors,
+    quality_color,
     render,
     render_overlay,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "RenderOutput",
     "clip_near",
     "default_colors",
+    "quality_color",
     "rasterize",
     "render",
     "render_overlay",

@@ -30,6 +30,7 @@ __all__ = [
     "PALETTE",
     "RenderOutput",
     "default_colors",
+    "quality_color",
     "render",
     "render_overlay",
 ]
@@ -83,6 +84,17 @@ class RenderOutput:
 def default_colors(n: int) -> list[tuple[float, float, float]]:
     """The default colours of ``n`` meshes: :data:`PALETTE` cycled (mesh 0 is light blue)."""
     return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+def quality_color(score: float | None) -> tuple[float, float, float]:
+    """Overlay colour (r, g, b in [0, 1]) of a person's quality score in [0, 1] (``--overlay-quality``):
+    red at 0, yellow at 0.5, green at 1, linear in between; grey when there is no score."""
+    if score is None or not np.isfinite(score):
+        return (0.6, 0.6, 0.6)
+    s = min(1.0, max(0.0, float(score)))
+    if s < 0.5:
+        return (0.95, 0.15 + 1.7 * s, 0.15)
+    return (0.95 - 1.7 * (s - 0.5), 1.0 - 0.3 * (s - 0.5), 0.15)
 
 
 # -- validation ------------------------------------------------------------------------------
