@@ -21,21 +21,11 @@ import numpy as np
 
 from hmrcli import geometry as G
 from hmrcli.bench.fit_synthetic import evaluate_fit, synthetic_people
+from hmrcli.bench.synthetic import textured_background
 from hmrcli.body import load_body_model
 from hmrcli.fit.landmarks import Landmarker
 from hmrcli.fit.optimize import FitTargets, KeypointBody, fit_bodies
 from hmrcli.render import render
-
-
-def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    c0, c1, c2 = rng.uniform(0, 255, (3, 3))
-    img = c0 + np.einsum("hw,c->hwc", xx, c1 - c0) + np.einsum("hw,c->hwc", yy, c2 - c0) * 0.5
-    small = rng.uniform(-60, 60, (h // 16 + 1, w // 16 + 1, 3))
-    import cv2
-
-    img = img + cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 8, (h, w, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
     images, boxes = [], []
     for i in range(a.n):
         v = people.vertices[i] + people.transl[i]
-        out = render([(v, body.faces)], people.K, (w, h), background=background(rng, w, h))
+        out = render([(v, body.faces)], people.K, (w, h), background=textured_background(rng, w, h))
         images.append(out.rgb)
         uv = G.project(v, people.K)
         boxes.append(np.array([uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()]))

@@ -31,13 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 from scipy.stats import spearmanr
 
 from hmrcli import geometry as G
 from hmrcli.bench.fit_synthetic import synthetic_people
 from hmrcli.bench.metrics import pa_mpjpe
+from hmrcli.bench.synthetic import textured_background
 from hmrcli.body import BodyModel
 from hmrcli.engine.base import PersonBox
 from hmrcli.render import render
@@ -64,16 +64,6 @@ class QualityScene:
     cut: float = 0.0
     occluded: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """Gradient + smooth colour noise + pixel noise (as benchmarks/fit_multiroi.py)."""
-    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    c0, c1, c2 = rng.uniform(0, 255, (3, 3))
-    img = c0 + np.einsum("hw,c->hwc", xx, c1 - c0) + np.einsum("hw,c->hwc", yy, c2 - c0) * 0.5
-    small = rng.uniform(-60, 60, (h // 16 + 1, w // 16 + 1, 3))
-    img = img + cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 8, (h, w, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _box_of(v_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -127,7 +117,7 @@ def make_scenes(body: BodyModel, n: int, seed: int = 0, image_wh: tuple[int, int
                 t = _shift(t, v, K, 0.0, -0.5 - box[1] - cut * bh)
             else:
                 t = _shift(t, v, K, 0.0, (h - 0.5) - box[3] + cut * bh)
-        bg = _background(rng, w, h)
+        bg = textured_background(rng, w, h)
         colour = tuple(float(c) for c in rng.uniform(0.45, 0.95, 3))
         out = render([(v + t, body.faces)], K, (w, h), background=bg, colors=[colour], device="cpu")
         img = out.rgb.copy()
@@ -138,7 +128,7 @@ def make_scenes(body: BodyModel, n: int, seed: int = 0, image_wh: tuple[int, int
         if "occluded" in kind:
             covered = np.zeros((h, w), dtype=bool)
             bw, bh = box[2] - box[0], box[3] - box[1]
-            other = _background(rng, w, h) if rng.uniform() < 0.5 else None
+            other = textured_background(rng, w, h) if rng.uniform() < 0.5 else None
             for _ in range(int(rng.integers(1, 4))):
                 ow, oh = rng.uniform(0.3, 0.7) * bw, rng.uniform(0.15, 0.45) * bh
                 cx, cy = rng.uniform(box[0], box[2]), rng.uniform(box[1], box[3])

@@ -24,6 +24,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from hmrcli import geometry as G
+from hmrcli.bench.synthetic import textured_background
 from hmrcli.body import BodyModel
 from hmrcli.body.pose_limits import POSE_MEAN
 from hmrcli.render import render
@@ -97,23 +98,13 @@ def walking_pair(body: BodyModel, n_frames: int = 60, fps: float = 30.0, image_w
     return WalkingPair(np.stack(rots), betas, np.stack(trs), np.stack(joints), np.stack(verts), K, (w, h), fps)
 
 
-def _background(w: int, h: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    c0, c1, c2 = rng.uniform(40, 220, (3, 3))
-    img = c0 + np.einsum("hw,c->hwc", xx, c1 - c0) + np.einsum("hw,c->hwc", yy, c2 - c0) * 0.5
-    small = rng.uniform(-50, 50, (h // 16 + 1, w // 16 + 1, 3))
-    img = img + cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 6, (h, w, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def render_frames(pair: WalkingPair, faces: np.ndarray, out_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
     """Render every frame (both bodies, over one static background) to
     ``out_dir/frame_<k>.png`` (k from 0, not zero-padded); returns the paths in frame order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     w, h = pair.image_wh
-    bg = _background(w, h, seed)
+    bg = textured_background(np.random.default_rng(seed), w, h, colours=(40.0, 220.0), blotches=50.0, grain=6.0)
     paths = []
     for k in range(pair.vertices.shape[1]):
         img = render([(pair.vertices[0, k], faces), (pair.vertices[1, k], faces)], pair.K, (w, h), background=bg).rgb
