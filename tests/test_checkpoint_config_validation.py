@@ -66,8 +66,8 @@ def test_non_finite_estimate_is_a_recorded_failure(tmp_path, constant_checkpoint
 
     real = RegressionEngine.run
 
-    def nan_run(self, prepared):
-        out = real(self, prepared)
+    def nan_run(self, prepared, **kw):
+        out = real(self, prepared, **kw)
         out[0][0].cam_t = np.full(3, np.nan)
         return out
 
