@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     from hmrcli.body import load_body_model
-    from hmrcli.nn.mesh_sampling import FREE_MESH_SAMPLING_FILE, LEVELS, derive_mesh_sampling, upsample
+    from hmrcli.nn.mesh_sampling import (
+        FREE_MESH_SAMPLING_FILE,
+        LEVELS,
+        derive_mesh_sampling,
+        upsample,
+    )
 
     body = load_body_model(args.body_model, smpl_dir=args.smpl_dir)
     out = args.out or (ROOT / "models" / FREE_MESH_SAMPLING_FILE if args.body_model == "free" else None)

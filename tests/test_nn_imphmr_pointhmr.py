@@ -13,7 +13,13 @@ import torch
 
 from hmrcli.body import load_body_model
 from hmrcli.nn.backbones import resnet18
-from hmrcli.nn.checkpoints import CheckpointError, RegressorConfig, build_model, load_checkpoint, save_native
+from hmrcli.nn.checkpoints import (
+    CheckpointError,
+    RegressorConfig,
+    build_model,
+    load_checkpoint,
+    save_native,
+)
 from hmrcli.nn.imphmr import ImpHMR, azimuth_rotation
 from hmrcli.nn.mesh_sampling import LEVELS, load_mesh_sampling, upsample
 from hmrcli.nn.pointhmr import MASK_HOPS, NUM_JOINTS_TOKENS, PointHMR
