@@ -182,3 +182,16 @@ def test_load_regressor_view_azimuth(tmp_path):
     assert net.view_azimuth_deg == 45.0
     with pytest.raises(CheckpointError, match="needs an ImpHMR checkpoint"):
         load_regressor(tmp_path / "cliff.safetensors", view_azimuth=45)
+
+
+def test_imphmr_exports_to_onnx_with_the_same_outputs(tmp_path):
+    """The regression engine's ONNX runtime takes ImpHMR as it is (canonical view). (PointHMR
+    exports the same way; its graph is ~90 MB even at test widths, so it is not exported here.)"""
+    pytest.importorskip("onnxscript")
+    from hmrcli.weights.onnx_regressor import export_onnx
+
+    cfg = RegressorConfig(arch="imphmr", backbone="resnet18", num_rois=1, crop_hw=(64, 48), head_dim=16,
+                          body_model="free")
+    torch.manual_seed(0)
+    rep = export_onnx(build_model(cfg).eval(), cfg, tmp_path / "imphmr.onnx")
+    assert max(rep["max_abs_diff"].values()) < 1e-4

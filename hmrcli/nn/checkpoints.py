@@ -164,6 +164,8 @@ class RegressorConfig(ArchitectureConfig):
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["crop_hw"] = list(self.crop_hw)
+        if not self.head_dim:  # the default: left out, so the JSON of multiroi/cliff keeps its form
+            del d["head_dim"]
         d["schema"] = "hmrcli.regressor/1"
         return d
 

@@ -207,8 +207,11 @@ class ImpHMR(nn.Module):
         sigma, feat = self.field(self.pe_x(pts), self.pe_d(d), z)
         sigma = F.softplus(sigma).reshape(n, s * s, p)
         feat = feat.reshape(n, s * s, p, -1)
-        alpha = 1.0 - torch.exp(-sigma * step)
-        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1.0 - alpha[..., :-1] + 1e-10], -1), -1)
+        tau = sigma * step  # optical depth of each interval
+        alpha = 1.0 - torch.exp(-tau)
+        # transmittance T_i = prod_{j<i} (1 - alpha_j) = exp(-sum_{j<i} tau_j) (a cumulative sum:
+        # the same values, and it exports to ONNX where a cumulative product does not)
+        trans = torch.exp(-(torch.cumsum(tau, -1) - tau))
         w = alpha * trans  # (N, s*s, P)
         fmap = torch.einsum("nrp,nrpc->nrc", w, feat)
         return fmap.transpose(1, 2).reshape(n, -1, s, s)
