@@ -1,12 +1,16 @@
 """Ablation of the Multi-RoI training on a synthetic train/test split (paper Table 2, in small).
 
-Runs ``hmrcli train`` four times with identical data, seed, schedule and budget:
+Runs ``hmrcli train`` with identical data, seed, schedule and budget for every row:
 
 * ``M=1 (CLIFF-like)``: the CLIFF regressor, one RoI (no fusion, no camera-consistency or
   contrastive loss, which need several RoIs);
 * ``M=5 full``: Multi-RoI with fusion, all losses (docs/method.md §6 weights);
 * ``M=5 without L_cam``: ``losses.camera = 0``;
 * ``M=5 without L_contrast``: ``losses.contrast = 0``;
+* ``ImpHMR (M=1)``: ImpHMR (docs/method.md §9) with all its losses, feature-field width
+  ``--imphmr-head-dim``;
+* ``PointHMR``: PointHMR (docs/method.md §10) with all its losses, backbone
+  ``--pointhmr-backbone`` (default: ``--backbone``), token width ``--pointhmr-head-dim``;
 
 and reports MPJPE / PA-MPJPE / PVE (mm) on the held-out synthetic test split (24 skeleton
 joints of the free body model, pelvis-centred; PVE pelvis-centred, no alignment), as JSON on
@@ -22,7 +26,13 @@ Usage::
 
     python benchmarks/train_ablation.py --work runs/ablation            # CPU default scale
     python benchmarks/train_ablation.py --work runs/abl --steps 5000 --batch-size 48 \\
-        --backbone resnet50 --crop 256 192 --train-samples 20000 --device cuda --precision bf16
+        --backbone resnet50 --crop 256 192 --train-samples 20000 --device cuda --precision bf16 \\
+        --imphmr-head-dim 0 --pointhmr-head-dim 0 --pointhmr-backbone hrnet_w32_pose
+    python benchmarks/train_ablation.py --only 0 1 4 5 --steps 120   # the four architectures
+
+(``--*-head-dim 0`` is each paper's width: ImpHMR's field MLP 128, PointHMR's tokens 512; the
+CPU defaults are smaller, as ResNet-18 and 64x48 crops stand in for the papers' backbones
+and crops.)
 """
 
 from __future__ import annotations
@@ -44,7 +54,10 @@ RUNS = (
     ("M=5 full", []),
     ("M=5 without L_cam", ["losses.camera=0"]),
     ("M=5 without L_contrast", ["losses.contrast=0"]),
+    ("ImpHMR (M=1)", ["model.arch=imphmr", "model.num_rois=1", "losses.contrast=0", "losses.camera=0"]),
+    ("PointHMR", ["model.arch=pointhmr", "model.num_rois=1", "losses.contrast=0", "losses.camera=0"]),
 )
+IMPHMR_ROW, POINTHMR_ROW = 4, 5
 
 
 def _data(work: Path, n_train: int, n_test: int, seed: int, image_wh: tuple[int, int]) -> dict[str, str]:
@@ -117,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (0: torch's default)")
     ap.add_argument("--workers", type=int, default=1, help="data loader worker processes")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", nargs="*", help="run only these rows (by index 0-3)", type=int)
+    ap.add_argument("--imphmr-head-dim", type=int, default=32, help="ImpHMR feature-field width (0: 128, GIRAFFE's)")
+    ap.add_argument("--pointhmr-head-dim", type=int, default=64, help="PointHMR token width (0: 512, the paper's)")
+    ap.add_argument("--pointhmr-backbone", default=None, help="PointHMR's backbone (default: --backbone)")
+    ap.add_argument("--only", nargs="*", help=f"run only these rows (by index 0-{len(RUNS) - 1})", type=int)
     ap.add_argument("--extra", nargs="*", default=[], help="further --set overrides for every run")
     args = ap.parse_args(argv)
 
@@ -143,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             shutil.rmtree(out)
         cmd = [*_hmrcli(), "train", "-c", str(base), "-o", str(out), "--json", "-q"]
+        if i == IMPHMR_ROW:
+            sets = [*sets, f"model.head_dim={args.imphmr_head_dim}"]
+        if i == POINTHMR_ROW:
+            sets = [*sets, f"model.head_dim={args.pointhmr_head_dim}",
+                    f"model.backbone={args.pointhmr_backbone or args.backbone}"]
         for s in [*sets, *args.extra]:
             cmd += ["--set", s]
         t = time.perf_counter()
@@ -171,13 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     from hmrcli.train.synthetic import DISCLAIMER
 
     report = {
-        "benchmark": "Multi-RoI training ablation on synthetic data",
+        "benchmark": "Multi-RoI / ImpHMR / PointHMR training comparison on synthetic data",
         "disclaimer": DISCLAIMER,
         "scale": {
             "train_samples": args.train_samples, "test_samples": args.test_samples,
             "image_wh": list(args.image_wh), "steps": args.steps, "batch_size": args.batch_size,
             "backbone": args.backbone, "crop_hw": list(args.crop), "lr": args.lr, "seed": args.seed,
             "device": args.device, "precision": args.precision, "threads": args.threads, "workers": args.workers,
+            "imphmr_head_dim": args.imphmr_head_dim, "pointhmr_head_dim": args.pointhmr_head_dim,
+            "pointhmr_backbone": args.pointhmr_backbone or args.backbone,
             "body_model": "free",
             "metric_joints": "24 skeleton joints of the free body model, pelvis-centred",
         },

@@ -74,6 +74,7 @@ def make_engine(
     refine: str = "none",
     runtime: str = "torch",
     compile: bool = False,
+    view_azimuth: float | None = None,
 ):
     """The engine ``hmrcli infer`` runs, for the batch pipeline (:func:`hmrcli.pipeline.run_inference`)
     or direct ``prepare``/``run`` calls. Returns ``(engine, choice)``.
@@ -85,7 +86,9 @@ def make_engine(
     ``runtime``: what runs the regressor, ``torch`` or ``onnx`` (onnxruntime; ``checkpoint`` must
     then be an ``.onnx`` file from ``hmrcli weights export-onnx``, and ``precision`` fp32).
     ``precision``: auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (CUDA);
-    ``compile``: ``torch.compile`` the network (regress, torch runtime). Raises ValueError for bad combinations, CheckpointError / DetectorUnavailable when a
+    ``compile``: ``torch.compile`` the network (regress, torch runtime). ``view_azimuth``:
+    degrees, ImpHMR checkpoints only: the estimate for that viewing direction
+    (:func:`hmrcli.weights.catalogue.load_regressor`). Raises ValueError for bad combinations, CheckpointError / DetectorUnavailable when a
     checkpoint or BlazePose cannot be loaded."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -112,6 +115,8 @@ def make_engine(
             raise ValueError(f"--runtime onnx runs the exported fp32 graph: --precision {precision} does not apply to "
                              "it (use fp32)")
         precision = "fp32"  # (autocast would not reach onnxruntime)
+    if view_azimuth is not None and choice != "regress":
+        raise ValueError("--view-azimuth needs the regression engine with an ImpHMR checkpoint")
     if choice == "fit" and refine == "fit":
         refine = "none"  # the fit engine already fits
 
@@ -119,7 +124,8 @@ def make_engine(
         body = load_body_model("auto")
     if choice == "regress":
 
-        net = load_regressor(checkpoint, device=device, aggregation=aggregation, runtime=runtime)
+        net = load_regressor(checkpoint, device=device, aggregation=aggregation, runtime=runtime,
+                             view_azimuth=view_azimuth)
         eng = RegressionEngine(net, body, device=device, precision=precision, batch_size=batch_size,
                                compile=compile)
     else:
@@ -157,6 +163,7 @@ class EngineSpec:
     refine: str = "none"
     runtime: str = "torch"
     compile: bool = False
+    view_azimuth: float | None = None
 
     def build(self):
         """``(engine, choice)`` as :func:`make_engine` returns them."""

@@ -88,6 +88,20 @@ def test_network_checkpoint_runs(setup, tmp_path):
     assert rep["overall"]["PVE"] > 0 and rep["overall"]["PA-MPJPE"] > 0
 
 
+@pytest.mark.parametrize("arch,head", [("imphmr", 16), ("pointhmr", 32)])
+def test_imphmr_and_pointhmr_checkpoints_run(setup, tmp_path, arch, head):
+    smpl, root = setup
+    torch.manual_seed(0)
+    cfg = RegressorConfig(arch=arch, backbone="resnet18", num_rois=1, crop_hw=(64, 48), head_dim=head,
+                          body_model="free")
+    path = save_native(build_model(cfg).eval(), cfg, tmp_path / arch)
+    r = runner.invoke(app, ["benchmark", "--dataset", "3dpw", "--data-root", str(root), "--smpl-dir", str(smpl),
+                            "--checkpoint", str(path), "--limit", "2", "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["count"] == 2 and rep["num_rois"] == 1 and rep["overall"]["MPJPE"] > 0
+
+
 # -- a network whose answer is known ---------------------------------------------------------
 #: the constant network's pose: upright (SMPL +y up -> camera -y), left knee bent 40 deg about x,
 #: right elbow 30 deg about z; and its betas

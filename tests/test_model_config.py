@@ -27,11 +27,13 @@ from hmrcli.train.config import (
     load_config,
 )
 
-ARCH_FIELDS = ["arch", "backbone", "num_rois", "crop_hw", "aspect", "aggregation", "n_iter"]
+ARCH_FIELDS = ["arch", "backbone", "num_rois", "crop_hw", "aspect", "aggregation", "n_iter", "head_dim"]
 
-#: ``train --print-config``'s model section before the two configs shared their fields
+#: ``train --print-config``'s model section (as before the two configs shared their fields, plus
+#: ``head_dim``, which came with ImpHMR and PointHMR)
 MODEL_SECTION = [("arch", "multiroi"), ("backbone", "resnet50"), ("num_rois", 5), ("crop_hw", [256, 192]),
-                 ("aspect", "rect"), ("aggregation", "code"), ("n_iter", 3), ("init", None), ("mean_params", None),
+                 ("aspect", "rect"), ("aggregation", "code"), ("n_iter", 3), ("head_dim", 0), ("init", None),
+                 ("mean_params", None),
                  ("body_model", "auto"), ("smpl_dir", None)]
 
 
@@ -79,6 +81,8 @@ def test_checkpoint_json_of_before_still_loads():
            "provenance": {"layout": "mroi_res50"}, "schema": "hmrcli.regressor/1"}
     cfg = RegressorConfig.from_json(old, "old.json")
     assert cfg.to_json() == old and cfg.architecture()["crop_hw"] == (256, 192)
+    assert cfg.head_dim == 0  # (written only when it is not the default: old files keep their form)
+    assert RegressorConfig(arch="imphmr", num_rois=1, head_dim=32).to_json()["head_dim"] == 32
 
 
 @pytest.mark.parametrize("override,want", [

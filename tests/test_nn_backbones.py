@@ -152,9 +152,9 @@ def test_strict_load_of_layout_shaped_tensors(layout_name):
 
 
 def test_registry():
-    assert set(BACKBONES) == {"resnet50", "resnet18", "hrnet_w48_pose", "hrnet_w48_cls"}
+    assert set(BACKBONES) == {"resnet50", "resnet18", "hrnet_w48_pose", "hrnet_w48_cls", "hrnet_w32_pose"}
     assert {n: s.feature_dim for n, s in BACKBONES.items()} == {
-        "resnet50": 2048, "resnet18": 512, "hrnet_w48_pose": 720, "hrnet_w48_cls": 2048}
+        "resnet50": 2048, "resnet18": 512, "hrnet_w48_pose": 720, "hrnet_w48_cls": 2048, "hrnet_w32_pose": 480}
     for name, spec in BACKBONES.items():
         assert isinstance(spec, BackboneSpec) and spec.name == name and spec.description
         assert _model(name).feature_dim == spec.feature_dim

@@ -92,6 +92,9 @@ def infer(
                           "(pixels). Overrides --focal, --principal-point and EXIF; an image it does not cover is "
                           "an error. Format: docs/output.md.")] = None,
     aggregation: Annotated[Optional[str], typer.Option(help="code (RoI 0, default) or paper (mean fused feature).")] = None,
+    view_azimuth: Annotated[Optional[float], typer.Option("--view-azimuth", help="ImpHMR checkpoints only: write "
+                            "the mesh ImpHMR infers for a camera turned by DEG degrees about the vertical axis "
+                            "(0 = the image's own view; docs/method.md §10).", metavar="DEG")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every image, also those already finished with "
                          "the same settings (finished images made with other settings are redone anyway).")] = False,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image-decoding threads (default: "
@@ -199,7 +202,8 @@ def infer(
     spec = EngineSpec(engine=engine, checkpoint=checkpoint, body_model=body_model, gender=gender, smpl_dir=smpl_dir,
                       device=device if executor == "ray" else resolve_device(device), precision=precision,
                       batch_size=batch, aggregation=aggregation, rois=rois, landmarks=landmarks,
-                      pose_prior=pose_prior, refine=refine, compile=compile_net, runtime=runtime)
+                      pose_prior=pose_prior, refine=refine, compile=compile_net, runtime=runtime,
+                      view_azimuth=view_azimuth)
     try:
         # with --executor ray the workers build their own engines; this one (on the CPU) checks the
         # options and the files here, before a cluster is started, and says which engine runs

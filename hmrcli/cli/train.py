@@ -123,10 +123,12 @@ def train(
 
     Configuration (every field also settable with --set): top level batch_size, steps,
     precision (fp32|bf16), device, output, checkpoint_every, keep_checkpoints, log_every,
-    eval_every, seed, threads; model.* arch (multiroi|cliff), backbone, num_rois, crop_hw,
-    aspect, aggregation, init, mean_params, body_model, smpl_dir; losses.* scale, kp2d,
-    kp3d, vertices, pose, betas, camera, contrast, camera_form (code|paper), temperature,
-    kp2d_norm, mesh_source; optim.* name (adam|adamw), lr, weight_decay, betas, grad_clip;
+    eval_every, seed, threads; model.* arch (multiroi|cliff|imphmr|pointhmr), backbone,
+    num_rois, crop_hw, aspect, aggregation, n_iter, head_dim, init, mean_params, body_model,
+    smpl_dir; losses.* scale, kp2d, kp3d, vertices, pose, betas, camera, contrast, camera_form
+    (code|paper), temperature, kp2d_norm, mesh_source, ImpHMR's view, silhouette, consistency,
+    view_azimuth_range, silhouette_extent, PointHMR's heatmap, heatmap_sigma, point_vertices,
+    point_joints, point_kp2d (docs/method.md §10-11); optim.* name (adam|adamw), lr, weight_decay, betas, grad_clip;
     schedule.* name (constant|cosine|linear|step), warmup_steps, min_lr_ratio, step_size,
     gamma; data.* num_workers, test_limit, augment.*, and the dataset lists data.train.N.*
     / data.test.N.* (path, img_root, ratio, name)."""

@@ -199,7 +199,8 @@ class RegressionEngine:
                               "(docs/method.md §4)",
             "aggregation": cfg.aggregation,
             "regressor": {"arch": cfg.arch, "backbone": cfg.backbone, "num_rois": cfg.num_rois,
-                          "checkpoint": self.model.config.provenance.get("source_file", "")},
+                          "checkpoint": self.model.config.provenance.get("source_file", ""),
+                          **({"view_azimuth_deg": v} if (v := getattr(self.model, "view_azimuth_deg", 0.0)) else {})},
         }
 
     def settings(self) -> dict[str, Any]:

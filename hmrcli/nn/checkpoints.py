@@ -32,14 +32,23 @@ from torch import nn
 
 from hmrcli.files import atomic_write_bytes, atomic_write_text
 from hmrcli.nn.backbones import BACKBONES, create_backbone
+from hmrcli.nn.imphmr import ImpHMR
 from hmrcli.nn.mean_params import load_mean_params
+from hmrcli.nn.mesh_sampling import (
+    NUM_VERTICES,
+    MeshSampling,
+    load_mesh_sampling,
+    placeholder_mesh_sampling,
+)
 from hmrcli.nn.multiroi import CLIFFRegressor, MultiRoIHMR
+from hmrcli.nn.pointhmr import PointHMR
 
 __all__ = [
     "CheckpointError",
     "ArchitectureConfig",
     "RegressorConfig",
     "ARCHS",
+    "DEFAULT_HEAD_DIM",
     "ASPECTS",
     "AGGREGATIONS",
     "LAYOUTS",
@@ -70,7 +79,10 @@ class CheckpointError(ValueError):
 
 
 #: what an :class:`ArchitectureConfig`'s ``arch``, ``aspect`` and ``aggregation`` may be
-ARCHS = ("multiroi", "cliff")
+ARCHS = ("multiroi", "cliff", "imphmr", "pointhmr")
+#: ``head_dim`` 0 means these widths (ImpHMR: the feature field's hidden width, GIRAFFE's;
+#: PointHMR: the first transformer block's token width, the paper's)
+DEFAULT_HEAD_DIM = {"imphmr": 128, "pointhmr": 512}
 ASPECTS = ("rect", "square")
 AGGREGATIONS = ("code", "paper")
 
@@ -81,10 +93,14 @@ class ArchitectureConfig:
     here only: :class:`RegressorConfig` (a checkpoint's config) adds what interprets the outputs,
     ``hmrcli.train.config.ModelConfig`` (training) adds where to start and the body model.
 
-    arch: ``multiroi`` or ``cliff`` (the M = 1 baseline); num_rois: M (1..5; cliff: 1);
+    arch: ``multiroi``, ``cliff`` (the M = 1 baseline), ``imphmr`` (:mod:`hmrcli.nn.imphmr`;
+    M = 1 is the paper's model, M > 1 puts Multi-RoI fusion in front of its feature field) or
+    ``pointhmr`` (:mod:`hmrcli.nn.pointhmr`; M = 1); num_rois: M (1..5; cliff, pointhmr: 1);
     crop_hw: crop size in pixels (H, W); aspect: ``rect`` (256x192, b = crop height) or
     ``square`` (224x224); aggregation: ``code`` (RoI 0's estimate) or ``paper`` (mean fused
-    feature); n_iter: iterations of the regression.
+    feature; multiroi only); n_iter: iterations of the regression; head_dim: the width of the
+    architecture's own head, 0 = its default (:data:`DEFAULT_HEAD_DIM`: ImpHMR's feature-field
+    MLP 128, PointHMR's tokens 512), smaller for CPU-scale runs; must be 0 for multiroi/cliff.
     """
 
     arch: str = "multiroi"  # multiroi | cliff
@@ -94,6 +110,7 @@ class ArchitectureConfig:
     aspect: str = "rect"
     aggregation: str = "code"
     n_iter: int = 3
+    head_dim: int = 0
 
     def architecture(self) -> dict[str, Any]:
         """The values of the :class:`ArchitectureConfig` fields (of a subclass too)."""
@@ -108,8 +125,8 @@ class ArchitectureConfig:
             raise _bad(self, where, "backbone", f"one of {', '.join(sorted(BACKBONES))}")
         if not _is_int(self.num_rois) or not 1 <= self.num_rois <= 5:
             raise _bad(self, where, "num_rois", "an integer 1..5")
-        if self.arch == "cliff" and self.num_rois != 1:
-            raise _bad(self, where, "num_rois", "1 for the cliff architecture")
+        if self.arch in ("cliff", "pointhmr") and self.num_rois != 1:
+            raise _bad(self, where, "num_rois", f"1 for the {self.arch} architecture")
         if not all(_is_int(v) and 32 <= v <= 1024 for v in self.crop_hw):
             raise _bad(self, where, "crop_hw", "two integers 32..1024")
         if self.aspect not in ASPECTS:
@@ -118,6 +135,17 @@ class ArchitectureConfig:
             raise _bad(self, where, "aggregation", " or ".join(AGGREGATIONS))
         if not _is_int(self.n_iter) or not 1 <= self.n_iter <= 10:
             raise _bad(self, where, "n_iter", "an integer 1..10")
+        if self.arch in ("imphmr", "pointhmr") and self.aggregation != "code":
+            raise _bad(self, where, "aggregation", f"code for the {self.arch} architecture")
+        if not _is_int(self.head_dim):
+            raise _bad(self, where, "head_dim", "an integer")
+        if self.arch in ("multiroi", "cliff") and self.head_dim != 0:
+            raise _bad(self, where, "head_dim", f"0 for the {self.arch} architecture (it has no such width)")
+        if self.arch == "imphmr" and not (self.head_dim == 0 or 8 <= self.head_dim <= 1024):
+            raise _bad(self, where, "head_dim", "0 (128) or 8..1024 for imphmr")
+        if self.arch == "pointhmr" and not (self.head_dim == 0 or (32 <= self.head_dim <= 2048
+                                                                   and self.head_dim % 32 == 0)):
+            raise _bad(self, where, "head_dim", "0 (512) or a multiple of 32 in 32..2048 for pointhmr")
 
 
 @dataclass
@@ -136,6 +164,8 @@ class RegressorConfig(ArchitectureConfig):
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["crop_hw"] = list(self.crop_hw)
+        if not self.head_dim:  # the default: left out, so the JSON of multiroi/cliff keeps its form
+            del d["head_dim"]
         d["schema"] = "hmrcli.regressor/1"
         return d
 
@@ -248,9 +278,14 @@ def config_for_layout(layout: str, sd: dict[str, torch.Tensor]) -> RegressorConf
                            provenance={"layout": layout, "description": desc})
 
 
-def build_model(cfg: RegressorConfig, mean_params: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def build_model(cfg: RegressorConfig, mean_params: dict[str, torch.Tensor] | None = None,
+                mesh_sampling: MeshSampling | None = None) -> nn.Module:
     """A randomly initialised model for ``cfg``; its start values are ``mean_params``
-    (default: hmrcli's shipped ones, see :mod:`hmrcli.nn.mean_params`)."""
+    (default: hmrcli's shipped ones, see :mod:`hmrcli.nn.mean_params`).
+
+    PointHMR's mesh sampling (:mod:`hmrcli.nn.mesh_sampling`): ``mesh_sampling`` when given
+    (``hmrcli train`` derives SMPL's), else the shipped one for ``body_model = "free"``, else
+    zero buffers of SMPL's shapes that the checkpoint being loaded fills."""
 
     if mean_params is None:
         mean_params = load_mean_params()
@@ -260,6 +295,23 @@ def build_model(cfg: RegressorConfig, mean_params: dict[str, torch.Tensor] | Non
                            mean_params=mean_params)
     if cfg.arch == "cliff":
         return CLIFFRegressor(backbone, n_iter=cfg.n_iter, mean_params=mean_params)
+    head = cfg.head_dim or DEFAULT_HEAD_DIM.get(cfg.arch, 0)
+    if cfg.arch == "imphmr":
+        return ImpHMR(backbone, num_rois=cfg.num_rois, n_iter=cfg.n_iter, mean_params=mean_params, field_hidden=head)
+    if cfg.arch == "pointhmr":
+        if not hasattr(backbone, "forward_pyramid"):
+            raise CheckpointError(f"backbone {cfg.backbone!r} has no 1/4 + 1/32 feature maps for PointHMR")
+        if mesh_sampling is None:
+            body = getattr(cfg, "body_model", "free")
+            if body == "free":
+                mesh_sampling = load_mesh_sampling("free")
+            elif body in NUM_VERTICES:
+                mesh_sampling = placeholder_mesh_sampling(NUM_VERTICES[body])
+            else:
+                raise CheckpointError(f"PointHMR needs the mesh sampling of body model {body!r}: pass mesh_sampling")
+        grid = (-(-int(cfg.crop_hw[0]) // 32), -(-int(cfg.crop_hw[1]) // 32))
+        return PointHMR(backbone, mesh_sampling, n_iter=cfg.n_iter, mean_params=mean_params, token_dim=head,
+                        grid_hw=grid)
     raise CheckpointError(f"unknown architecture {cfg.arch!r}")
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +61,10 @@ class RegressorOutput:
     weak-perspective cameras ``(s, tx, ty)`` of each RoI; pose6d: (B, M, 144).
     ``person_*``: the person's single estimate per the aggregation (RoI 0 for
     "code", the mean-feature decode for "paper"). ``proj``: (B, M, D) projection
-    head outputs (only when requested, for the contrastive loss).
+    head outputs (only when requested, for the contrastive loss). ``extras``: what an
+    architecture adds for its own training losses or views (ImpHMR: ``azimuth``,
+    ``silhouette``; PointHMR: ``heatmaps``, ``vertices0/1``, ``vertices``, ``joints``; see
+    :mod:`hmrcli.nn.imphmr`, :mod:`hmrcli.nn.pointhmr`); None for Multi-RoI and CLIFF.
     """
 
     rotmats: torch.Tensor
@@ -72,6 +76,7 @@ class RegressorOutput:
     person_cam: torch.Tensor
     proj: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    extras: dict[str, Any] | None = None
 
 
 class PositionalEncoding(nn.Module):

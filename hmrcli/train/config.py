@@ -120,6 +120,18 @@ class LossConfig:
     contrast_scale_by_temperature: bool = True
     kp2d_norm: str = "box"  # box (normalised crop coords, b/2 units) | crop (2x/w-1, 2y/h-1: authors')
     mesh_source: str = "auto"  # roi (every RoI's estimate) | person | auto (person for aggregation=paper)
+    # ImpHMR (model.arch = imphmr; hmrcli.train.losses_imphmr, docs/method.md §10)
+    view: float = 1.0  # arbitrary-view imagination: x (kp3d, pose, betas) weights at the sampled azimuth
+    silhouette: float = 1.0  # geometric guidance: squared error of the silhouette seen from the sampled azimuth
+    consistency: float = 1.0  # appearance consistency between views (rows without SMPL ground truth)
+    view_azimuth_range: float = 180.0  # degrees: the sampled azimuth is uniform in [-range, range]
+    silhouette_extent: float = 2.4  # metres: side of the square (pelvis-centred) a silhouette covers
+    # PointHMR (model.arch = pointhmr; hmrcli.train.losses_pointhmr, docs/method.md §11)
+    heatmap: float = 1.0  # squared error of the vertex heatmaps against Gaussians at the projected vertices
+    heatmap_sigma: float = 2.0  # Gaussian std in heatmap cells at a 56-cell-wide map (scaled with the width)
+    point_vertices: float = 1.0  # L1 of the regressed vertices, summed over the 3 resolutions
+    point_joints: float = 1.0  # 3D joints: the 14 joint tokens and the skeleton joints of the regressed mesh
+    point_kp2d: float = 1.0  # 2D: the joint tokens projected with the camera token's camera
 
 
 @dataclass
@@ -478,8 +490,16 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("losses.temperature must be > 0")
     if lc.camera_axis_weights is not None and len(lc.camera_axis_weights) != 3:
         raise ConfigError("losses.camera_axis_weights needs 3 values (x, y, s)")
-    if lc.contrast > 0 and m.arch == "cliff":
-        raise ConfigError("losses.contrast > 0 needs the Multi-RoI projection head; set losses.contrast = 0 for cliff")
+    if lc.contrast > 0 and (m.arch in ("cliff", "pointhmr") or (m.arch == "imphmr" and m.num_rois == 1)):
+        raise ConfigError(f"losses.contrast > 0 needs the Multi-RoI projection head (several RoIs); set "
+                          f"losses.contrast = 0 for {m.arch} with {m.num_rois} RoI(s)")
+    for name in ("view", "silhouette", "consistency", "heatmap", "point_vertices", "point_joints", "point_kp2d"):
+        if getattr(lc, name) < 0:
+            raise ConfigError(f"losses.{name} must be >= 0")
+    if not 0 <= lc.view_azimuth_range <= 180:
+        raise ConfigError("losses.view_azimuth_range must be 0..180 (degrees)")
+    if lc.silhouette_extent <= 0 or lc.heatmap_sigma <= 0:
+        raise ConfigError("losses.silhouette_extent and losses.heatmap_sigma must be > 0")
     if cfg.optim.lr <= 0:
         raise ConfigError("optim.lr must be > 0")
     for ds in [*cfg.data.train, *cfg.data.test]:
@@ -510,8 +530,8 @@ eval_every = 2000           # 0 = evaluate data.test at the end only
 seed = 0
 
 [model]
-arch = "multiroi"           # multiroi | cliff (M = 1 baseline)
-backbone = "resnet50"       # resnet50 | hrnet_w48_pose | hrnet_w48_cls | resnet18
+arch = "multiroi"           # multiroi | cliff (M = 1 baseline) | imphmr | pointhmr
+backbone = "resnet50"       # resnet50 | hrnet_w48_pose | hrnet_w48_cls | resnet18 | hrnet_w32_pose
 num_rois = 5
 crop_hw = [256, 192]
 aspect = "rect"

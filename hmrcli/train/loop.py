@@ -9,7 +9,8 @@
 * the data (:class:`hmrcli.train.data.MixedDataset` of the ``data.train`` sets by ratio,
   fed by a :class:`hmrcli.train.data.GlobalIndexSampler`, so the batch of step ``s`` is a
   function of the seed and ``s`` only);
-* the criterion (:class:`hmrcli.train.losses.MultiRoILoss`), Adam/AdamW, a learning-rate
+* the criterion (:func:`make_criterion`: :class:`hmrcli.train.losses.MultiRoILoss`, ImpHMR's
+  or PointHMR's), Adam/AdamW, a learning-rate
   schedule (``LambdaLR``: warm-up, then constant / cosine / linear / step);
 * bf16 autocast on CUDA when ``precision = "bf16"`` (fp32 elsewhere).
 
@@ -71,6 +72,8 @@ from hmrcli.nn.mean_params import load_mean_params
 from hmrcli.train.config import TrainConfig, config_to_dict
 from hmrcli.train.data import GlobalIndexSampler, MixedDataset, SpinDataset, collate
 from hmrcli.train.losses import MultiRoILoss, targets_from_batch
+from hmrcli.train.losses_imphmr import ImpHMRLoss
+from hmrcli.train.losses_pointhmr import PointHMRLoss
 from hmrcli.weights.catalogue import resolve_checkpoint
 
 __all__ = [
@@ -83,6 +86,8 @@ __all__ = [
     "init_from_checkpoint",
     "latest_state",
     "lr_factor",
+    "make_criterion",
+    "mesh_sampling_for",
     "train",
 ]
 
@@ -172,6 +177,32 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str,
     model.load_state_dict(load, strict=False)
     return {"path": str(p), "layout": layout, "loaded": len(load), "total": len(own),
             "missing": missing, "unexpected": unexpected, "shape_mismatch": mismatch}
+
+
+def make_criterion(cfg: TrainConfig, body, model: nn.Module) -> MultiRoILoss:
+    """The training criterion of the configured architecture: :class:`MultiRoILoss` (multiroi,
+    cliff), :class:`~hmrcli.train.losses_imphmr.ImpHMRLoss` or
+    :class:`~hmrcli.train.losses_pointhmr.PointHMRLoss`. ``criterion.run_model(model, crops,
+    bbox_info)`` is the training forward pass, ``criterion(out, targets)`` the loss."""
+    crop = tuple(cfg.model.crop_hw)
+    if cfg.model.arch == "imphmr":
+        return ImpHMRLoss(body, cfg.losses, crop, cfg.model.aggregation)
+    if cfg.model.arch == "pointhmr":
+        return PointHMRLoss(body, cfg.losses, crop, (model.down0, model.down1))
+    return MultiRoILoss(body, cfg.losses, crop, cfg.model.aggregation)
+
+
+def mesh_sampling_for(arch: str, body):
+    """PointHMR's mesh sampling for the training body model: None (the shipped one) for the
+    free model; derived from the user's mesh otherwise (:mod:`hmrcli.nn.mesh_sampling`)."""
+    if arch != "pointhmr" or body.info.name == "free":
+        return None
+    from hmrcli.nn.mesh_sampling import derive_mesh_sampling
+
+    try:
+        return derive_mesh_sampling(body.template(torch.float64).numpy(), body.faces)
+    except ImportError as e:
+        raise TrainError(f"model.arch = pointhmr with body model {body.info.name!r}: {e}") from None
 
 
 def _augment(cfg: TrainConfig):
@@ -377,7 +408,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
 
     reg_cfg = cfg.model.regressor_config(body.info.name)
     mean_params = load_mean_params(cfg.model.mean_params) if cfg.model.mean_params else None
-    model = build_model(reg_cfg, mean_params=mean_params)
+    model = build_model(reg_cfg, mean_params=mean_params, mesh_sampling=mesh_sampling_for(reg_cfg.arch, body))
     init_report = None
     if cfg.model.init and not resume:
         init_report = init_from_checkpoint(model, cfg.model.init)
@@ -387,7 +418,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     opt_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    criterion = MultiRoILoss(body, cfg.losses, tuple(cfg.model.crop_hw), cfg.model.aggregation)
+    criterion = make_criterion(cfg, body, model)
 
     step = 0
     rng_to_restore = None
@@ -493,7 +524,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
             info = batch["bbox_info"].to(device, non_blocking=True)
             targets = targets_from_batch(batch, device)
             with autocast:
-                out = model(crops, info, return_proj=criterion.needs_proj)
+                out = criterion.run_model(model, crops, info)
             res = criterion(out, targets)
             if not torch.isfinite(res.total):
                 raise TrainError(f"the loss is not finite at step {step + 1} ({res.as_floats()}); lower optim.lr "

@@ -305,7 +305,8 @@ class Targets:
     pose: (B, 24, 3, 3) rotation matrices or (B, 72) axis-angle, betas (B, 10), with
     has_smpl (B,); vertices: optional (B, V, 3) ground-truth meshes (else posed from
     pose/betas with the training body model); person_ids: optional (B,) identities for
-    the contrastive loss.
+    the contrastive loss; cam_t: optional (B, 3) body translation (metres, camera frame:
+    ``X_cam = body(pose, betas) + cam_t``) with has_cam_t (B,) (PointHMR's heatmap targets).
     """
 
     rois: torch.Tensor
@@ -321,6 +322,8 @@ class Targets:
     has_smpl: torch.Tensor | None = None
     vertices: torch.Tensor | None = None
     person_ids: torch.Tensor | None = None
+    cam_t: torch.Tensor | None = None
+    has_cam_t: torch.Tensor | None = None
 
 
 def targets_from_batch(batch: dict[str, Any], device: torch.device | str | None = None) -> Targets:
@@ -335,7 +338,7 @@ def targets_from_batch(batch: dict[str, Any], device: torch.device | str | None 
         rois=g("rois"), img_wh=g("img_wh"), focal=g("focal"), affines=g("affines"),
         keypoints_2d=g("kp2d_full"), joints_3d=g("joints3d"), has_joints_3d=g("has_3d"),
         pose=g("rotmats") if "rotmats" in batch else g("pose"), betas=g("betas"), has_smpl=g("has_smpl"),
-        person_ids=g("person_id"),
+        person_ids=g("person_id"), cam_t=g("cam_t"), has_cam_t=g("has_cam_t"),
     )
 
 
@@ -385,6 +388,11 @@ class MultiRoILoss:
     def needs_proj(self) -> bool:
         """Whether the projection head must run (the contrastive term is on)."""
         return self.cfg.contrast > 0
+
+    def run_model(self, model: Any, crops: torch.Tensor, bbox_info: torch.Tensor) -> Any:
+        """The training forward pass whose result this criterion takes (architectures with
+        losses of their own override it: :mod:`hmrcli.train.losses_imphmr`)."""
+        return model(crops, bbox_info, return_proj=self.needs_proj)
 
     def __call__(self, out: "RegressorOutput", t: Targets) -> LossResult:
         cfg = self.cfg

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import urllib.error
@@ -198,6 +199,7 @@ def load_regressor(
     device: str | torch.device = "cpu",
     aggregation: str | None = None,
     runtime: str = "torch",
+    view_azimuth: float | None = None,
 ) -> nn.Module | OnnxRegressor:
     """Load a regressor from a checkpoint file (native, authors' Multi-RoI or CLIFF layout)
     or a registry name (``models/registry.json``, looked up in the checkpoints folder).
@@ -212,10 +214,20 @@ def load_regressor(
     providers on ``cuda`` devices when onnxruntime offers them), whose call returns the
     person-level outputs (``person_rotmats``, ``person_betas``, ``cams``). The aggregation is
     the one the graph was exported with.
+
+    ``view_azimuth`` (degrees; ImpHMR checkpoints only, torch runtime): the network returns
+    the pose and shape ImpHMR infers for a camera turned by that azimuth about the vertical
+    axis (``model.view_azimuth_deg``; :mod:`hmrcli.nn.imphmr`); CheckpointError for any other
+    architecture.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     path = resolve_checkpoint(path_or_name)
+    if view_azimuth is not None and not math.isfinite(float(view_azimuth)):
+        raise ValueError(f"view_azimuth must be a finite number of degrees, got {view_azimuth!r}")
+    if runtime == "onnx" and view_azimuth is not None:
+        raise CheckpointError(f"{path}: --view-azimuth runs ImpHMR's feature field for another view; the ONNX graph "
+                              "holds the canonical view only (use --runtime torch)")
     if runtime == "onnx":
         if not is_onnx_file(path):
             raise CheckpointError(
@@ -230,5 +242,10 @@ def load_regressor(
     if is_onnx_file(path):
         raise CheckpointError(f"{path}: an ONNX file; run it with --runtime onnx (load_regressor(..., runtime='onnx'))")
     model, cfg = load_checkpoint(path, aggregation=aggregation)
+    if view_azimuth is not None:
+        if cfg.arch != "imphmr":
+            raise CheckpointError(f"{path}: --view-azimuth needs an ImpHMR checkpoint (model.arch = imphmr); this one "
+                                  f"is {cfg.arch}, which infers the image's own view only")
+        model.view_azimuth_deg = float(view_azimuth)
     model.config = cfg
     return model.to(device).eval()

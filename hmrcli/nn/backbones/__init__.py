@@ -12,10 +12,17 @@ name                      D      used by
 ``hrnet_w48_pose``        720    Multi-RoI ``HMR_sim_hrnet``
 ``hrnet_w48_cls``         2048   CLIFF HRNet-W48
 ``resnet18``              512    small CPU-scale training runs (no released weights)
+``hrnet_w32_pose``        480    PointHMR (its 1/4 and 1/32 branches; no released weights)
 ========================  =====  ==============================================
 
-Every backbone exposes ``feature_dim`` and ``forward_maps(x)`` (the map before
-pooling). Randomly initialised; weights come from checkpoints.
+Every backbone exposes ``feature_dim``, ``forward_maps(x)`` (the map before pooling) and
+``forward_pyramid(x)`` (a 1/4- and a 1/32-resolution map, ``pyramid_channels`` channels;
+PointHMR's inputs). Randomly initialised; weights come from checkpoints.
+
+HRNet-W32 is the project's own HRNet trunk at width 32 (the trunk the W48 checkpoints load
+into). ``timm``'s ``hrnet_w32`` was considered: it brings torchvision (which pins one exact
+torch build) and huggingface_hub as dependencies, its parameter names match none of the
+released HMR checkpoints, and no pretrained weights can be downloaded here anyway.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .hrnet_cls import ClsHRNet, hrnet_w48_cls
-from .hrnet_pose import PoseHRNet, hrnet_w48_pose
+from .hrnet_pose import PoseHRNet, hrnet_w32_pose, hrnet_w48_pose
 from .resnet import ResNet, resnet18, resnet50
 
 __all__ = [
@@ -36,6 +43,7 @@ __all__ = [
     "PoseHRNet",
     "ResNet",
     "create_backbone",
+    "hrnet_w32_pose",
     "hrnet_w48_cls",
     "hrnet_w48_pose",
     "resnet18",
@@ -68,6 +76,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec(
             "hrnet_w48_cls", hrnet_w48_cls, 2048,
             "classification HRNet-W48 (incre/downsamp/final head); CLIFF hr48",
+        ),
+        BackboneSpec(
+            "hrnet_w32_pose", hrnet_w32_pose, 480,
+            "pose-HRNet-W32 (1/4 and 1/32 branches for PointHMR; no released weights)",
         ),
         BackboneSpec(
             "resnet18", resnet18, 512,

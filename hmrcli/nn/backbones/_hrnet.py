@@ -192,5 +192,16 @@ class HRNetTrunk(nn.Module):
         ys = self.stage4(_apply_transition(self.transition3, ys))
         return ys
 
+    @property
+    def pyramid_channels(self) -> tuple[int, int]:
+        """Channels of :meth:`forward_pyramid`'s (1/4, 1/32) maps: ``(w, 8 w)``."""
+        return (self.branch_channels[0], self.branch_channels[-1])
+
+    def forward_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (the 1/4-resolution branch, the 1/32 branch) of stage 4: the "top"
+        and "bottom" paths PointHMR's decoders read (its supplementary, Fig. 1)."""
+        ys = self.forward_branches(x)
+        return ys[0], ys[-1]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # overridden by the heads
         return self.forward_branches(x)

@@ -11,7 +11,7 @@ from torch import nn
 from ._blocks import batch_norm, conv3x3, global_avg_pool, init_weights
 from ._hrnet import HRNetTrunk
 
-__all__ = ["PoseHRNet", "hrnet_w48_pose"]
+__all__ = ["PoseHRNet", "hrnet_w32_pose", "hrnet_w48_pose"]
 
 
 def _strided_convs(channels: int, steps: int) -> nn.Sequential:
@@ -75,3 +75,11 @@ class PoseHRNet(HRNetTrunk):
 def hrnet_w48_pose() -> PoseHRNet:
     """The Multi-RoI authors' pose-HRNet-W48 backbone: 720-d feature."""
     return PoseHRNet(width=48)
+
+
+def hrnet_w32_pose() -> PoseHRNet:
+    """Pose-HRNet-W32 (480-d pooled feature): PointHMR's backbone (its supplementary §2.1),
+    whose 1/4 branch (32 channels) and 1/32 branch (256 channels) feed PointHMR's decoders
+    (:meth:`~hmrcli.nn.backbones._hrnet.HRNetTrunk.forward_pyramid`). Built by the same trunk as
+    the W48 backbones (width 32); no pretrained weights ship (random initialisation)."""
+    return PoseHRNet(width=32)

@@ -61,6 +61,18 @@ class ResNet(nn.Module):
         x = self.layer3(x)
         return self.layer4(x)
 
+    @property
+    def pyramid_channels(self) -> tuple[int, int]:
+        """Channels of :meth:`forward_pyramid`'s (1/4, 1/32) maps."""
+        return (self.layer1[-1].expansion * 64, self.feature_dim)
+
+    def forward_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (``layer1`` map at 1/4 resolution, ``layer4`` map at 1/32): the
+        fine and coarse maps PointHMR's decoders read (:mod:`hmrcli.nn.pointhmr`)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        fine = self.layer1(x)
+        return fine, self.layer4(self.layer3(self.layer2(fine)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, feature_dim) pooled features."""
         return global_avg_pool(self.forward_maps(x))
