@@ -56,6 +56,7 @@ from hmrcli.nn.multiroi import (
     _decode,
     _head_init,
     _iterate,
+    add_fusion_layers,
 )
 
 __all__ = ["ImpHMR", "FeatureField", "azimuth_rotation"]
@@ -136,14 +137,7 @@ class ImpHMR(nn.Module):
         self.view_azimuth_deg = 0.0
         self.fg_attention = nn.Conv2d(2, 1, kernel_size=7, padding=3, bias=False)
         if num_rois > 1:  # Multi-RoI fusion, the names and shapes of MultiRoIHMR's
-            hidden = 256
-            self.pos_enc = PositionalEncoding(32)
-            self.fuse_fc = nn.Linear(d + self.pos_enc.out_dim, hidden)
-            self.attention = nn.Sequential(
-                nn.Linear(num_rois * hidden, hidden), nn.Tanh(),
-                nn.Linear(hidden, hidden), nn.Tanh(),
-                nn.Linear(hidden, num_rois), nn.Tanh(),
-            )
+            add_fusion_layers(self, d, num_rois)
         self.pe_x = PositionalEncoding(10, 3)
         self.pe_d = PositionalEncoding(4, 3)
         self.field = FeatureField(self.pe_x.out_dim, self.pe_d.out_dim, d, field_hidden, d)

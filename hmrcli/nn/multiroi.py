@@ -171,6 +171,20 @@ def _decode(pose6d: torch.Tensor) -> torch.Tensor:
     return rot6d_to_rotmat(pose6d.reshape(*lead, NUM_JOINTS, 6))
 
 
+def add_fusion_layers(module: nn.Module, feature_dim: int, num_rois: int, hidden: int = 256) -> None:
+    """Give ``module`` the RoI-aware fusion's layers under the names of the authors' checkpoints
+    (``pos_enc``, ``fuse_fc``, ``attention``), for :meth:`MultiRoIHMR.fusion_weights`: the
+    relative positional encoding of the bbox_info differences, the key projection and the
+    attention MLP over the M keys (module docstring)."""
+    module.pos_enc = PositionalEncoding(32)
+    module.fuse_fc = nn.Linear(feature_dim + module.pos_enc.out_dim, hidden)
+    module.attention = nn.Sequential(
+        nn.Linear(num_rois * hidden, hidden), nn.Tanh(),
+        nn.Linear(hidden, hidden), nn.Tanh(),
+        nn.Linear(hidden, num_rois), nn.Tanh(),
+    )
+
+
 class MultiRoIHMR(nn.Module):
     """Multi-RoI HMR: ``forward(crops (B,M,3,H,W), bbox_info (B,M,3)) -> RegressorOutput``."""
 
@@ -194,14 +208,7 @@ class MultiRoIHMR(nn.Module):
         self.backbone = backbone
         d = int(backbone.feature_dim)
         self.feature_dim = d
-        hidden = 256
-        self.pos_enc = PositionalEncoding(32)
-        self.fuse_fc = nn.Linear(d + self.pos_enc.out_dim, hidden)
-        self.attention = nn.Sequential(
-            nn.Linear(num_rois * hidden, hidden), nn.Tanh(),
-            nn.Linear(hidden, hidden), nn.Tanh(),
-            nn.Linear(hidden, num_rois), nn.Tanh(),
-        )
+        add_fusion_layers(self, d, num_rois)
         _head_init(self, d + BBOX_INFO_DIM * num_rois, 2048, mean_params)
         if with_proj_head:
             self.proj_head = nn.Sequential(
