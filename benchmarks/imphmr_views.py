@@ -2,7 +2,7 @@
 
 Trains ImpHMR (``hmrcli.train``) on a few synthetic people without augmentation, then, on the
 same people, compares the global orientation it infers for azimuth ``xi`` with the ground
-truth turned by ``R_y(xi)^T`` (what the arbitrary-view loss asks for, docs/method.md §9) and
+truth turned by ``R_y(xi)^T`` (what the arbitrary-view loss asks for, docs/method.md §10) and
 with its own canonical estimate. A model that ignores the viewing direction gives
 ``view_vs_canonical`` ~ 0 and ``view_vs_turned_gt`` ~ ``xi``; one that has learnt it gives
 ``view_vs_turned_gt`` ~ ``canonical_vs_gt`` and ``view_vs_canonical`` ~ ``xi``. Angles are

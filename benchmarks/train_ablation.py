@@ -7,9 +7,9 @@ Runs ``hmrcli train`` with identical data, seed, schedule and budget for every r
 * ``M=5 full``: Multi-RoI with fusion, all losses (docs/method.md §6 weights);
 * ``M=5 without L_cam``: ``losses.camera = 0``;
 * ``M=5 without L_contrast``: ``losses.contrast = 0``;
-* ``ImpHMR (M=1)``: ImpHMR (docs/method.md §9) with all its losses, feature-field width
+* ``ImpHMR (M=1)``: ImpHMR (docs/method.md §10) with all its losses, feature-field width
   ``--imphmr-head-dim``;
-* ``PointHMR``: PointHMR (docs/method.md §10) with all its losses, backbone
+* ``PointHMR``: PointHMR (docs/method.md §11) with all its losses, backbone
   ``--pointhmr-backbone`` (default: ``--backbone``), token width ``--pointhmr-head-dim``;
 
 and reports MPJPE / PA-MPJPE / PVE (mm) on the held-out synthetic test split (24 skeleton
