@@ -53,11 +53,11 @@ def benchmark(
     rois: Annotated[Optional[list[int]], typer.Option("--rois", help="--speed: RoI counts M (repeat the option).")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="--speed: timed runs, best kept.")] = 3,
     backbone: Annotated[str, typer.Option(help="--speed: backbone.")] = "resnet50",
-    precision: Annotated[Optional[list[str]], typer.Option(help="--speed: fp32, bf16 or fp16 (repeat the option for "
+    precision: Annotated[Optional[list[str]], typer.Option(metavar="fp32|bf16|fp16", help="--speed: fp32, bf16 or fp16 (repeat the option for "
                          "several; default fp32).")] = None,
-    mode: Annotated[Optional[list[str]], typer.Option("--mode", help="--speed: eager or compiled (torch.compile; "
+    mode: Annotated[Optional[list[str]], typer.Option("--mode", metavar="eager|compiled", help="--speed: eager or compiled (torch.compile; "
                     "repeat for both; default eager).")] = None,
-    runtime: Annotated[Optional[list[str]], typer.Option("--runtime", help="--speed: torch or onnx (the same random "
+    runtime: Annotated[Optional[list[str]], typer.Option("--runtime", metavar="torch|onnx", help="--speed: torch or onnx (the same random "
                        "network exported and run by onnxruntime, fp32 eager only; repeat for both; default torch).")] = None,
     fresh_process: Annotated[bool, typer.Option("--fresh-process/--same-process",
                                                 help="--speed: one process per configuration (honest peak memory).")] = True,

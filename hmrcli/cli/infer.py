@@ -63,7 +63,7 @@ def infer(
     min_quality: Annotated[Optional[float], typer.Option("--min-quality", min=0.0, max=1.0, metavar="S", help="Persons "
                            "whose quality score (camera JSON 'quality', docs/method.md) is below S get no files: "
                            "result.json lists them under 'problems' with their flags.")] = None,
-    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Persons per network call: a number, or auto "
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", metavar="N|auto", help="Persons per network call: a number, or auto "
                           "(CUDA: from the free GPU memory and the memory one person takes, measured at start; CPU: "
                           "16).")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
