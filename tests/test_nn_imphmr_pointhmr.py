@@ -162,6 +162,34 @@ def test_native_checkpoint_round_trip(tmp_path, arch, m, head):
     assert torch.equal(a.person_betas, b.person_betas)
 
 
+def test_pointhmr_checkpoint_carries_its_mesh_sampling(tmp_path, sampling):
+    """A PointHMR checkpoint of a body model without a shipped sampling (SMPL: derived from the
+    user's files at training time) loads from the file alone: the sampling is read back from
+    the checkpoint's buffers. Without a sampling or with one missing, a clear error."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = RegressorConfig(arch="pointhmr", backbone="resnet18", num_rois=1, crop_hw=(64, 48), head_dim=32,
+                          body_model="smpl")
+    with pytest.raises(CheckpointError, match="mesh sampling of body model 'smpl'"):
+        build_model(cfg)
+    # another sampling than the shipped one (the levels reversed in order), so that a loader
+    # falling back to the shipped one would show
+    other = type(sampling)(**{**sampling.__dict__, "down0": sampling.down0[::-1].copy()})
+    torch.manual_seed(0)
+    net = build_model(cfg, mesh_sampling=other).eval()
+    path = save_native(net, cfg, tmp_path / "p_smpl")
+    loaded, _ = load_checkpoint(path)
+    assert torch.equal(loaded.down0, torch.from_numpy(other.down0))
+    crops, info = _inputs(1, 1)
+    with torch.no_grad():
+        assert torch.equal(net(crops, info).person_rotmats, loaded(crops, info).person_rotmats)
+    sd = load_file(str(path))
+    del sd["hops0"]
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError, match="without its mesh sampling.*hops0"):
+        load_checkpoint(path)
+
+
 def test_config_validation():
     for kw, field in ((dict(arch="pointhmr", num_rois=2), "num_rois"), (dict(arch="multiroi", head_dim=64), "head_dim"),
                       (dict(arch="imphmr", aggregation="paper"), "aggregation"),

@@ -35,10 +35,8 @@ from hmrcli.nn.backbones import BACKBONES, create_backbone
 from hmrcli.nn.imphmr import ImpHMR
 from hmrcli.nn.mean_params import load_mean_params
 from hmrcli.nn.mesh_sampling import (
-    NUM_VERTICES,
     MeshSampling,
     load_mesh_sampling,
-    placeholder_mesh_sampling,
 )
 from hmrcli.nn.multiroi import CLIFFRegressor, MultiRoIHMR
 from hmrcli.nn.pointhmr import PointHMR
@@ -285,7 +283,7 @@ def build_model(cfg: RegressorConfig, mean_params: dict[str, torch.Tensor] | Non
 
     PointHMR's mesh sampling (:mod:`hmrcli.nn.mesh_sampling`): ``mesh_sampling`` when given
     (``hmrcli train`` derives SMPL's), else the shipped one for ``body_model = "free"``, else
-    zero buffers of SMPL's shapes that the checkpoint being loaded fills."""
+    else CheckpointError (a checkpoint carries its own: the loader reads it from the file)."""
 
     if mean_params is None:
         mean_params = load_mean_params()
@@ -303,12 +301,10 @@ def build_model(cfg: RegressorConfig, mean_params: dict[str, torch.Tensor] | Non
             raise CheckpointError(f"backbone {cfg.backbone!r} has no 1/4 + 1/32 feature maps for PointHMR")
         if mesh_sampling is None:
             body = getattr(cfg, "body_model", "free")
-            if body == "free":
-                mesh_sampling = load_mesh_sampling("free")
-            elif body in NUM_VERTICES:
-                mesh_sampling = placeholder_mesh_sampling(NUM_VERTICES[body])
-            else:
-                raise CheckpointError(f"PointHMR needs the mesh sampling of body model {body!r}: pass mesh_sampling")
+            if body != "free":
+                raise CheckpointError(f"PointHMR needs the mesh sampling of body model {body!r}: pass mesh_sampling "
+                                      "(derive_mesh_sampling from the body model's files, or a checkpoint's own)")
+            mesh_sampling = load_mesh_sampling("free")
         grid = (-(-int(cfg.crop_hw[0]) // 32), -(-int(cfg.crop_hw[1]) // 32))
         return PointHMR(backbone, mesh_sampling, n_iter=cfg.n_iter, mean_params=mean_params, token_dim=head,
                         grid_hw=grid)
@@ -347,8 +343,14 @@ def load_checkpoint(path: str | os.PathLike, aggregation: str | None = None) -> 
         cfg.provenance["source_file"] = path.name
     if aggregation is not None:
         cfg.aggregation = aggregation
-    model = build_model(cfg)
     native = to_native(sd, layout)
+    sampling = None
+    if cfg.arch == "pointhmr":  # the checkpoint's own mesh sampling (model buffers), for any body model
+        try:
+            sampling = MeshSampling.from_state_dict(native)
+        except KeyError as e:
+            raise CheckpointError(f"{path}: a PointHMR checkpoint without its mesh sampling: {e.args[0]}") from None
+    model = build_model(cfg, mesh_sampling=sampling)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(native))
     unexpected = sorted(set(native) - set(expected))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,15 +49,12 @@ __all__ = [
     "FREE_MESH_SAMPLING_FILE",
     "derive_mesh_sampling",
     "load_mesh_sampling",
-    "placeholder_mesh_sampling",
     "upsample",
 ]
 
 #: PointHMR's vertex counts: the intermediate and the coarse (token) mesh.
 LEVELS = (1732, 431)
 FREE_MESH_SAMPLING_FILE = "mesh_sampling/free_neutral_1732_431.npz"
-#: vertices of the meshes hmrcli knows (the checkpoint's body_model -> full mesh size)
-NUM_VERTICES = {"smpl": 6890, "free": 13718}
 HOP_CAP = 255  # hop distances are stored as uint8; farther than this is "far"
 
 
@@ -97,6 +95,21 @@ class MeshSampling:
         buf = io.BytesIO()
         np.savez_compressed(buf, **{k: getattr(self, k) for k in self.__dataclass_fields__})
         atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, Any]) -> "MeshSampling":
+        """The sampling a PointHMR checkpoint carries as model buffers (``down0``, ``down1``,
+        ``up0_idx``, ``up0_w``, ``up1_idx``, ``up1_w``, ``hops0``; ``faces0`` is not a buffer
+        and comes back empty). Raises KeyError naming a missing buffer."""
+        arrays = {}
+        for k in cls.__dataclass_fields__:
+            if k == "faces0":
+                continue
+            if k not in sd:
+                raise KeyError(f"no mesh-sampling buffer {k!r} in the checkpoint")
+            v = sd[k]
+            arrays[k] = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        return cls(**arrays, faces0=np.zeros((0, 3), np.int64))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MeshSampling":
@@ -226,11 +239,3 @@ def load_mesh_sampling(body_model: str) -> MeshSampling:
     return MeshSampling.load(assets.asset_path(FREE_MESH_SAMPLING_FILE))
 
 
-def placeholder_mesh_sampling(num_vertices: int, levels: tuple[int, int] = LEVELS) -> MeshSampling:
-    """Arrays of the right shapes, all zero: the buffers of a model whose checkpoint holds the real ones
-    (``load_state_dict`` overwrites every one of them). Never used to compute anything."""
-    n1, n0 = levels
-    return MeshSampling(down1=np.zeros(n1, np.int64), down0=np.zeros(n0, np.int64),
-                        up0_idx=np.zeros((n1, 3), np.int64), up0_w=np.zeros((n1, 3), np.float32),
-                        up1_idx=np.zeros((num_vertices, 3), np.int64), up1_w=np.zeros((num_vertices, 3), np.float32),
-                        hops0=np.zeros((n0, n0), np.uint8), faces0=np.zeros((0, 3), np.int64))
