@@ -57,6 +57,7 @@ from hmrcli.nn.multiroi import (
     _head_init,
     _iterate,
     add_fusion_layers,
+    contrastive_projection,
 )
 
 __all__ = ["ImpHMR", "FeatureField", "azimuth_rotation"]
@@ -251,12 +252,7 @@ class ImpHMR(nn.Module):
         z, pooled = self.encode(crops, backbone_chunk)
         bbox_info = bbox_info.to(z.dtype)
         z = self.fuse(z, bbox_info)
-        proj = None
-        if return_proj:
-            if not hasattr(self, "proj_head"):
-                raise ValueError("this ImpHMR model has no contrastive projection head (M = 1 or built without)")
-            gated = pooled * torch.sigmoid(torch.relu(pooled))
-            proj = self.proj_head(gated.reshape(b * m, -1)).reshape(b, m, -1)
+        proj = contrastive_projection(self, pooled) if return_proj else None
         outs = []
         for k, xi in enumerate(azimuths):
             xi = torch.as_tensor(xi, dtype=z.dtype, device=z.device).reshape(-1).expand(b)

@@ -185,6 +185,18 @@ def add_fusion_layers(module: nn.Module, feature_dim: int, num_rois: int, hidden
     )
 
 
+def contrastive_projection(module: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """The contrastive loss's embeddings (B, M, P) of backbone features (B, M, D): the gated
+    features ``h * sigmoid(relu(h))`` through ``module.proj_head``. ValueError when the module
+    was built without that head."""
+    if not hasattr(module, "proj_head"):
+        raise ValueError(f"this {type(module).__name__} model has no contrastive projection head "
+                         "(M = 1, or built without it)")
+    b, m = feats.shape[:2]
+    gated = feats * torch.sigmoid(torch.relu(feats))
+    return module.proj_head(gated.reshape(b * m, -1)).reshape(b, m, -1)
+
+
 class MultiRoIHMR(nn.Module):
     """Multi-RoI HMR: ``forward(crops (B,M,3,H,W), bbox_info (B,M,3)) -> RegressorOutput``."""
 
@@ -270,12 +282,7 @@ class MultiRoIHMR(nn.Module):
             xm = torch.cat([fused.mean(1), all_info[:, 0]], dim=-1)
             pp, ps, _ = _iterate(self, xm, self.n_iter)
             p_rot, p_betas = _decode(pp), ps
-        proj = None
-        if return_proj:
-            if not hasattr(self, "proj_head"):
-                raise ValueError("this model was built without the contrastive projection head")
-            gated = feats * torch.sigmoid(torch.relu(feats))
-            proj = self.proj_head(gated.reshape(b * m, -1)).reshape(b, m, -1)
+        proj = contrastive_projection(self, feats) if return_proj else None
         return RegressorOutput(
             rotmats=rotmats, betas=shape, cams=cam, pose6d=pose,
             person_rotmats=p_rot, person_betas=p_betas, person_cam=cam[:, 0],
