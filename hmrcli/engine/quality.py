@@ -379,12 +379,14 @@ def add_regress_quality(body: BodyModel, ests: Sequence[Any], roi_rotmats: Any, 
         return
     roi_joints: np.ndarray | None = None
     if roi_rotmats is not None:
-        rot = torch.as_tensor(roi_rotmats).detach().to("cpu", torch.float64)
+        # posed where the network ran (the engine's device: on CUDA the B*M bodies stay off the
+        # host), only the joints come back
+        rot = torch.as_tensor(roi_rotmats).detach().to(dtype=torch.float64)
         b, m = rot.shape[:2]
         betas = None
         if betas_applied and roi_betas is not None:
-            betas = torch.as_tensor(roi_betas).detach().to("cpu", torch.float64).reshape(b * m, -1)
-        roi_joints = body(rot.reshape(b * m, 24, 3, 3), betas).joints.numpy().reshape(b, m, 24, 3)
+            betas = torch.as_tensor(roi_betas).detach().to(device=rot.device, dtype=torch.float64).reshape(b * m, -1)
+        roi_joints = body(rot.reshape(b * m, 24, 3, 3), betas).joints.cpu().numpy().reshape(b, m, 24, 3)
     coco = body.coco_regressor
     for k, est in enumerate(ests):
         est.quality = regress_quality(est, None if roi_joints is None else roi_joints[k], _keypoints(coco, est), settings)
