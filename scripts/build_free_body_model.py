@@ -489,15 +489,16 @@ def build(out_dir: Path = DEFAULT_OUT_DIR, n_shapes: int = N_SHAPES, seed: int =
     # (so that the weights also hold off the 10-dimensional shape space).
     J_reg = fit_joint_regressor([recon, meshes], joints, template)
 
-    def joint_err(W, sl):
+    def joint_err(W, sl, recon, meshes):
+        """Joint errors (metres) of regressor W on the PCA reconstructions and the exact meshes."""
         return (np.linalg.norm(np.einsum("jv,nvc->njc", W, recon[sl]) - joints[sl], axis=-1),
                 np.linalg.norm(np.einsum("jv,nvc->njc", W, meshes[sl]) - joints[sl], axis=-1))
 
-    j_err, j_err_exact = joint_err(J_reg, slice(None))
+    j_err, j_err_exact = joint_err(J_reg, slice(None), recon, meshes)
     # Held-out figures for the regressor: fit on 80 % of the samples, evaluate on the rest.
     n_fit = int(0.8 * n_shapes)
     J_cv = fit_joint_regressor([recon[:n_fit], meshes[:n_fit]], joints[:n_fit], template)
-    j_err_cv, j_err_cv_exact = joint_err(J_cv, slice(n_fit, None))
+    j_err_cv, j_err_cv_exact = joint_err(J_cv, slice(n_fit, None), recon, meshes)
     del J_cv
     log(f"joint regressor on the model's meshes: mean {1e3 * j_err.mean():.3f} mm; held-out mean "
         f"{1e3 * j_err_cv.mean():.3f} max {1e3 * j_err_cv.max():.3f} mm; on exact anny meshes held-out "
