@@ -3,8 +3,9 @@
 Random plausible bodies (free body model, hmrcli.bench.fit_synthetic) are rendered with the
 project's renderer (grey shaded, untextured) over procedural backgrounds (colour noise +
 gradients) in 1280x720 images, one person per image at 3-8 m. For each image BlazePose runs
-on 1 RoI (one square crop around the true person box) and on the 5 Multi-RoI crops (fused),
-and the body model is fitted to each landmark set. Reported (JSON on stdout): landmark
+on 1 RoI (one square crop around the true person box), on the 5 Multi-RoI crops (fused), and
+on the 5 crops plus their mirror images (10 views fused, ``--mirror``, hmrcli's default), and
+the body model is fitted to each landmark set. Reported (JSON on stdout): landmark
 error against the true projected COCO keypoints (pixels, % of box height; BlazePose's
 landmark definitions differ from the body model's keypoints, so this has a floor), persons
 found, and the fit's PA-MPJPE / camera-distance error against the truth.
@@ -48,18 +49,19 @@ def main() -> None:
         boxes.append(np.array([uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()]))
     found = {}
     report = {"benchmark": "fit_multiroi", "persons": a.n, "seed": a.seed, "image": [w, h], "distance_m": [3, 8]}
-    for m in (1, 5):
-        lmk = Landmarker(num_rois=m)
+    configs = {"rois_1": (1, False), "rois_5": (5, False), "rois_5_mirror": (5, True)}
+    for name, (m, mirror) in configs.items():
+        lmk = Landmarker(num_rois=m, mirror=mirror)
         t0 = time.perf_counter()
         lms = [lmk(img, box) for img, box in zip(images, boxes)]
         t_lm = time.perf_counter() - t0
         lmk.close()
-        found[m] = lms
-        report[f"landmark_seconds_per_person_rois_{m}"] = round(t_lm / a.n, 3)
-    common = [i for i in range(a.n) if found[1][i] is not None and found[5][i] is not None]
+        found[name] = lms
+        report[f"landmark_seconds_per_person_{name}"] = round(t_lm / a.n, 3)
+    common = [i for i in range(a.n) if all(found[name][i] is not None for name in configs)]
     report["common_subset"] = len(common)
-    for m, subset in ((1, None), (5, None), (1, common), (5, common)):
-        lms = found[m]
+    for name, subset in [(c, None) for c in configs] + [(c, common) for c in configs]:
+        lms = found[name]
         ok = [i for i, lm in enumerate(lms) if lm is not None] if subset is None else subset
         errs, rel = [], []
         for i in ok:
@@ -76,7 +78,7 @@ def main() -> None:
         sel = dataclasses.replace(people, joints=people.joints[ok], keypoints=people.keypoints[ok],
                                   distance=people.distance[ok])
         ev = evaluate_fit(body, sel, fit)
-        report[f"rois_{m}" + ("_common" if subset is not None else "")] = {
+        report[name + ("_common" if subset is not None else "")] = {
             "found": len(ok),
             "landmark_err_px_mean": round(float(np.mean(errs)), 2),
             "landmark_err_box_pct_mean": round(100 * float(np.mean(rel)), 2),

@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--engines", default="fit", help="comma-separated: fit, regress")
     ap.add_argument("--checkpoint", default=None, help="regressor checkpoint for --engines regress")
     ap.add_argument("--rois", type=int, default=5, help="fit engine: BlazePose RoIs per person")
+    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                    help="fit engine: BlazePose also on each RoI's crop flipped left-right (hmrcli's default)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--rows", action="store_true", help="also print every person's row (corruption, error, quality)")
     a = ap.parse_args()
@@ -60,7 +62,7 @@ def main() -> None:
         if name == "fit":
             from hmrcli.engine.fit import FitEngine
 
-            eng = FitEngine(body, num_rois=a.rois, batch_size=8)
+            eng = FitEngine(body, num_rois=a.rois, batch_size=8, mirror=a.mirror)
         elif name == "regress":
             from hmrcli.engine.regress import RegressionEngine
             from hmrcli.weights.catalogue import load_regressor
@@ -76,6 +78,7 @@ def main() -> None:
             sec["checkpoint"] = a.checkpoint
         if name == "fit":
             sec["rois"] = a.rois
+            sec["mirror"] = a.mirror
         if a.rows:
             sec["rows"] = [{k: v for k, v in r.items()} for r in rows]
         report[name] = sec

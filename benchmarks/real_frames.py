@@ -58,7 +58,7 @@ principal point not applied). A variant whose flag the CLI lacks is reported as 
 
 Usage::
 
-    python benchmarks/real_frames.py --data-root DIR [--download] [--variants default,rois1,heavy,gmm]
+    python benchmarks/real_frames.py --data-root DIR [--download] [--variants default,nomirror,rois1,heavy,gmm]
         [--json-out FILE] [--keep-outputs DIR] [--overlay] [--draw-gt DIR]
 """
 
@@ -128,6 +128,7 @@ MPI3DHP_LIMB = (5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
 #: variant -> extra ``hmrcli infer`` flags (the first flag must be listed by ``--help``).
 VARIANTS: dict[str, list[str]] = {
     "default": [],
+    "nomirror": ["--no-mirror"],
     "rois1": ["--rois", "1"],
     "heavy": ["--landmarks", "heavy"],
     "gmm": ["--pose-prior", "gmm"],
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data-root", default=os.environ.get("HMRCLI_REAL_FRAMES"),
                     help="MMPose tests/data layout (or an MMPose checkout); env HMRCLI_REAL_FRAMES")
     ap.add_argument("--download", action="store_true", help="fetch missing files into --data-root (sha256-checked)")
-    ap.add_argument("--variants", default="default,rois1,heavy,gmm",
+    ap.add_argument("--variants", default="default,nomirror,rois1,heavy,gmm",
                     help=f"comma-separated, of {', '.join(VARIANTS)} (the {BASELINE} baseline always runs)")
     ap.add_argument("--box", choices=("gt2d", "dataset"), default="gt2d")
     ap.add_argument("--box-pad", type=float, default=0.15)

@@ -75,13 +75,14 @@ def make_engine(
     runtime: str = "torch",
     compile: bool = False,
     view_azimuth: float | None = None,
+    mirror: bool = True,
 ):
     """The engine ``hmrcli infer`` runs, for the batch pipeline (:func:`hmrcli.pipeline.run_inference`)
     or direct ``prepare``/``run`` calls. Returns ``(engine, choice)``.
 
     ``engine``: ``regress`` (the Multi-RoI / CLIFF network of ``checkpoint``), ``fit`` (the
     body model fitted to BlazePose landmarks on ``rois`` RoIs, ``landmarks`` full|heavy,
-    ``pose_prior`` relaxed|gmm) or ``auto`` (regress with a checkpoint, else fit);
+    ``pose_prior`` relaxed|gmm, ``mirror``: BlazePose also on each crop flipped left-right) or ``auto`` (regress with a checkpoint, else fit);
     ``refine``: none, fit or pc-hmr after it. ``body`` defaults to ``load_body_model("auto")``.
     ``runtime``: what runs the regressor, ``torch`` or ``onnx`` (onnxruntime; ``checkpoint`` must
     then be an ``.onnx`` file from ``hmrcli weights export-onnx``, and ``precision`` fp32).
@@ -131,10 +132,10 @@ def make_engine(
     else:
         # (the fitting engine fits each person on its own: its batch only groups the progress reports)
         eng = FitEngine(body, device=device, num_rois=rois, batch_size=16 if batch_size == "auto" else batch_size,
-                        landmark_model=landmarks,
+                        landmark_model=landmarks, mirror=mirror,
                         options=FitOptions(pose_prior=pose_prior))
     if refine != "none":
-        eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks,
+        eng = RefinedEngine(eng, refine, num_rois=rois, landmark_model=landmarks, mirror=mirror,
                             options=FitOptions(pose_prior=pose_prior))
     return eng, choice
 
@@ -164,6 +165,7 @@ class EngineSpec:
     runtime: str = "torch"
     compile: bool = False
     view_azimuth: float | None = None
+    mirror: bool = True
 
     def build(self):
         """``(engine, choice)`` as :func:`make_engine` returns them."""

@@ -205,10 +205,10 @@ _MEASURES = {
 
 
 def _measure(q: dict[str, Any], key: str) -> float | None:
-    """A measure of a quality block, higher = worse (``rois_dropped`` = rois - rois_used,
+    """A measure of a quality block, higher = worse (``rois_dropped`` = views - views_used,
     ``hidden_joints`` = 17 - visible_joints)."""
-    if key == "rois_dropped":
-        return q["rois"] - q["rois_used"]
+    if key == "rois_dropped":  # landmark sets (views) the fusion left out
+        return q.get("views", q["rois"]) - q.get("views_used", q["rois_used"])
     if key == "hidden_joints":
         return 17 - q["visible_joints"]
     v = q.get(key)

@@ -90,18 +90,20 @@ class FitEngine:
         options: fitting weights and iteration counts.
         landmarker: an existing :class:`Landmarker` to share.
         landmark_model: BlazePose ``full`` or ``heavy`` (when no landmarker is given).
+        mirror: BlazePose also on every RoI's crop flipped left-right, both views fused
+            (:mod:`hmrcli.fit.landmarks`; when no landmarker is given).
     """
 
     name = "fit"
 
     def __init__(self, body: BodyModel, device: str | torch.device = "cpu", num_rois: int = 5, batch_size: int = 16,
                  options: FitOptions | None = None, landmarker: Landmarker | None = None,
-                 landmark_model: str = "full") -> None:
+                 landmark_model: str = "full", mirror: bool = True) -> None:
         self.body = body
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
         self.options = options or FitOptions()
-        self.landmarker = landmarker or Landmarker(num_rois=num_rois, landmark_model=landmark_model)
+        self.landmarker = landmarker or Landmarker(num_rois=num_rois, landmark_model=landmark_model, mirror=mirror)
         self.kb = KeypointBody(body, device=self.device)
         self.betas_applied = True
         self.betas_space = body.info.name
@@ -114,7 +116,8 @@ class FitEngine:
         return {"engine": "fit", "roi_convention": ROI_CONVENTION_FIT, "aggregation": None,
                 "fit": {"landmarks": f"mediapipe BlazePose {getattr(self.landmarker, 'landmark_model', 'full')} "
                                      "(0.10.21), COCO-17 correspondence",
-                        "num_rois": self.landmarker.num_rois, "w2d": o.w2d, "w3d": o.w3d, "pose_prior": o.pose_prior,
+                        "num_rois": self.landmarker.num_rois, "mirror": bool(getattr(self.landmarker, "mirror", False)),
+                        "w2d": o.w2d, "w3d": o.w3d, "pose_prior": o.pose_prior,
                         "stages": ["camera"] + [f"body{k}" for k in range(len(o.body_stages))]}}
 
     def prepare(self, image: np.ndarray, persons: list[PersonBox], focal: float | None = None,
@@ -171,7 +174,8 @@ def _estimates(body: BodyModel, metas: list[dict[str, Any]], fit, how: str,
         cam_t = fit.transl[k]
         extra: dict[str, Any] = {
             how: {"reproj_px": round(float(fit.reproj_px[k]), 3), "reproj_box": round(float(fit.reproj_box[k]), 5),
-                  "rois_used": int(lm.rois_ok.sum()), "stages": fit.stages},
+                  "rois_used": int(lm.rois_ok.sum()), "views_used": lm.views_used, "views": lm.num_views,
+                  "stages": fit.stages},
             "landmarks": lm.to_json()}
         if base is not None:
             prev = base[k]
@@ -199,7 +203,7 @@ class RefinedEngine:
     """
 
     def __init__(self, base, how: str, landmarker: Landmarker | None = None, options: FitOptions | None = None,
-                 num_rois: int = 5, landmark_model: str = "full") -> None:
+                 num_rois: int = 5, landmark_model: str = "full", mirror: bool = True) -> None:
         if how not in REFINERS:
             raise ValueError(f"unknown refinement {how!r}: use {', '.join(REFINERS)}")
         self.base = base
@@ -209,7 +213,8 @@ class RefinedEngine:
         self.device = getattr(base, "device", torch.device("cpu"))
         self.options = options or FitOptions()
         shared = getattr(base, "landmarker", None)
-        self.landmarker = landmarker or shared or Landmarker(num_rois=num_rois, landmark_model=landmark_model)
+        self.landmarker = landmarker or shared or Landmarker(num_rois=num_rois, landmark_model=landmark_model,
+                                                             mirror=mirror)
         self._own_landmarker = landmarker is None and shared is None
         self.kb = KeypointBody(self.body, device=self.device) if how == "fit" else None
         self.betas_applied = True if how == "fit" else base.betas_applied
@@ -225,7 +230,8 @@ class RefinedEngine:
     def describe(self) -> dict[str, Any]:
         d = dict(self.base.describe())
         d["refine"] = {"method": self.how, "num_rois": self.landmarker.num_rois,
-                       "landmarks": getattr(self.landmarker, "landmark_model", "full")}
+                       "landmarks": getattr(self.landmarker, "landmark_model", "full"),
+                       "mirror": bool(getattr(self.landmarker, "mirror", False))}
         if self.how == "pc-hmr":
             d["refine"]["note"] = ("mesh calibrated by PC-HMR's per-bone transformation with the BlazePose world "
                                    "landmarks as the pose stream; params are the unrefined estimate's")

@@ -14,10 +14,11 @@ Measures (all per person; "per joint" lists hold null where a joint has no value
   over joints); each RoI's local camera converted to the full image (docs/method.md §4) ->
   ``camera_spread_pct``, the RMS distance of the M full-image translations from their mean
   in % of the mean depth.
-* fitting engine (:func:`fit_quality`): the per-RoI BlazePose landmarks (COCO-17) ->
+* fitting engine (:func:`fit_quality`): the per-view BlazePose landmarks (COCO-17; a view is a
+  RoI's crop, or its mirror image with mirrored views) ->
   ``landmark_spread_px`` / ``landmark_spread_box_pct`` (the same RMS spread, 2D, in pixels
   and in % of the person's square crop box ``b``) and ``landmark_spread_3d_mm`` (of the
-  RoIs' metric world landmarks); per landmark only over the RoIs that saw it (visibility >=
+  views' metric world landmarks); per landmark only over the views that saw it (visibility >=
   0.5, inside their crop), undefined with fewer than 2; ``landmarks_used`` (landmarks that
   entered the fit), ``residual_2d_px`` (fitted keypoints projected vs the fused landmarks)
   and ``residual_3d_mm`` (hip-centred fitted keypoints vs the hip-centred fused world
@@ -36,7 +37,7 @@ The score in [0, 1] is a product of factors, each in [0, 1] (:func:`score_of`; t
 are recorded as ``components``):
 
     score = consistency * visibility * size * box * penalty
-    consistency = exp(-sum_k max(0, m_k - floor_k) / scale_k) * (rois_used / rois)
+    consistency = exp(-sum_k max(0, m_k - floor_k) / scale_k) * (views_used / views)
     visibility  = visible_joints / 17
     size        = min(1, height_px / (2 * tiny_px))
     box         = 0.5 + 0.5 * box_score     (1 when the box has no score)
@@ -46,14 +47,15 @@ with m_k the engine's disagreement and residual measures and floor_k, scale_k in
 :class:`QualitySettings`: the regression engine's ``joint_spread_mm`` (20 / 50 mm) and
 ``camera_spread_pct`` (2 / 10 %); the fit's ``landmark_spread_box_pct`` (1 / 16 %),
 ``landmark_spread_3d_mm`` (40 / 500 mm), ``residual_2d_px`` in % of the box (1 / 8 %) and
-``residual_3d_mm`` (20 / 25 mm); ``rois_used / rois`` for the fit only. A measure that cannot
+``residual_3d_mm`` (20 / 25 mm); ``views_used / views`` for the fit only (the landmark sets
+kept by the fusion: one per RoI, two with mirrored views, :mod:`hmrcli.fit.landmarks`). A measure that cannot
 be computed (one RoI, no per-RoI poses from an ONNX graph) is left out. The fit's values were
 chosen on a synthetic development set (docs/method.md §9.4); the regression engine's are not
 calibrated (no trained regressor exists here).
 
 Flags, fixed names (:data:`FLAGS`): ``truncated``; ``low_visibility`` (visible_joints <
 ``min_visible``); ``rois_disagree`` (a spread above its threshold, or, for the fit, fewer
-than half of the RoIs kept by the landmark fusion); ``behind_camera`` (a joint at z <= 0);
+than half of the views kept by the landmark fusion); ``behind_camera`` (a joint at z <= 0);
 ``implausible_pose`` (a joint beyond its limits by more than ``limit_tolerance_rad``);
 ``tiny`` (box height < ``tiny_px``).
 """
@@ -353,19 +355,20 @@ def fit_quality(est: Any, lm: Any, keypoints_model: np.ndarray, settings: Qualit
     res3 = float(np.nanmean(r3)) if used.any() else float("nan")
     spread_pct = all2 / b * 100.0
     rois_used = int(np.asarray(lm.rois_ok).sum())
+    views, views_used = int(lm.num_views), int(lm.views_used)
     terms = {"landmark_spread": _term(spread_pct, settings.floor_spread_box_pct, settings.scale_spread_box_pct),
              "landmark_spread_3d": _term(all3, settings.floor_spread_3d_mm, settings.scale_spread_3d_mm),
              "residual_2d": _term(res2 / b * 100.0, settings.floor_residual_box_pct, settings.scale_residual_box_pct),
              "residual_3d": _term(res3, settings.floor_residual_3d_mm, settings.scale_residual_3d_mm)}
     disagree = bool((np.isfinite(spread_pct) and spread_pct > settings.fit_spread_box_pct)
                     or (np.isfinite(all3) and all3 > settings.fit_spread_3d_mm)
-                    or (m >= 2 and rois_used < m / 2))
-    q = {"engine": "fit", "rois": m, "rois_used": rois_used, **q, "joints": "COCO-17 (hmrcli.body.COCO17_NAMES)",
+                    or (views >= 2 and views_used < views / 2))
+    q = {"engine": "fit", "rois": m, "rois_used": rois_used, "views": views, "views_used": views_used, **q, "joints": "COCO-17 (hmrcli.body.COCO17_NAMES)",
          "box_px": round(b, 1), "landmarks_used": int(used.sum()),
          "landmark_spread_px": _block(per2, all2, 2), "landmark_spread_box_pct": _block(per2 / b * 100.0, spread_pct, 2),
          "landmark_spread_3d_mm": _block(per3, all3), "residual_2d_px": _block(r2, res2, 2),
          "residual_3d_mm": _block(r3, res3)}
-    return _finish(q, terms, disagree, settings, rois_used, m)
+    return _finish(q, terms, disagree, settings, views_used, views)
 
 
 # -- batches (one call per engine batch) --------------------------------------------------------
