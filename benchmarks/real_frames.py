@@ -376,6 +376,12 @@ def summarize(per_frame: dict[str, dict[str, Any]], frames: list[Frame]) -> dict
                     float(np.mean(np.abs(v) if k == "root_depth_err_m" else v)), 3 if k.endswith("_m") else 1)
         if rows:
             s["per_joint_mm"] = dict(zip(LIMB_NAMES, np.round(np.mean([r["per_joint_mm"] for r in rows], 0), 1).tolist()))
+        from hmrcli.bench.quality_check import ranking
+
+        scored = [r for r in rows if r.get("quality_score") is not None and r.get("pa_mpjpe_mm") is not None]
+        if len(scored) >= 3:  # does the quality score rank the frames by their error? (hmrcli.bench.quality_check)
+            s["quality_ranking"] = ranking(np.array([r["quality_score"] for r in scored]),
+                                           np.array([r["pa_mpjpe_mm"] for r in scored]))
         out[g] = s
     return out
 
@@ -386,7 +392,7 @@ def _rounded_frame(r: dict[str, Any]) -> dict[str, Any]:
         if k == "per_joint_mm":
             o[k] = dict(zip(LIMB_NAMES, np.round(v, 0).astype(int).tolist()))
         elif isinstance(v, float):
-            o[k] = round(v, 3 if k.endswith("_m") else 1)
+            o[k] = round(v, 3 if k.endswith("_m") else 4 if k == "quality_score" else 1)
         else:
             o[k] = v
     return o
@@ -502,6 +508,10 @@ def score_outputs(body_cache: dict, frames: list[Frame], out: Path) -> dict[str,
             fit = (cam.get("estimate") or {}).get("fit") or {}
             if "reproj_px" in fit:
                 r["fit_reproj_px"] = fit["reproj_px"]
+            q = cam.get("quality") or {}
+            if q.get("score") is not None:
+                r["quality_score"] = q["score"]
+                r["quality_flags"] = q.get("flags", [])
         res[fr.name] = r
     return res
 

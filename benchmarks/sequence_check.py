@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-gap", type=int, default=10)
+    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                    help="the fit engine's mirrored views (hmrcli's default)")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="hmrcli-seq-"))
     body = load_body_model("free")
@@ -71,7 +73,7 @@ def main() -> None:
         render_frames(pair, np.asarray(body.faces), frames_dir, seed=a.seed)
     t_render = time.perf_counter() - t0
 
-    engine, choice = make_engine("fit", checkpoint=None, landmarks="full")
+    engine, choice = make_engine("fit", checkpoint=None, landmarks="full", mirror=a.mirror)
     detector = create_detector("auto")
     seq_opts = SequenceOptions(folders=True, fps=fps, smooth=SmoothOptions(method="one-euro"),
                                tracker=TrackerOptions(max_gap=a.max_gap))
@@ -93,7 +95,7 @@ def main() -> None:
     report = {
         "benchmark": "sequence_check", "frames": a.frames, "fps": fps, "seed": a.seed, "image": list(pair.image_wh),
         "scene": "two free-model bodies walking past each other at 4.5 m and 6.5 m (hmrcli.bench.sequence)",
-        "engine": str(choice), "detector": detector_name, "body_model": "free",
+        "engine": str(choice), "mirror": a.mirror, "detector": detector_name, "body_model": "free",
         "per_frame_run": {"images": summ.images, "done": summ.done, "persons": summ.persons,
                           "seconds": round(t_infer, 1)},
         "persons_detected_per_frame": [len(f) for f in per_frame],

@@ -226,9 +226,10 @@ def test_landmark_error_px(rf, body, tmp_path):
     lm = np.zeros((17, 2))
     lm[5:17] = rf.project(fr.K, fr.limbs) + [3.0, 4.0]  # every limb landmark 5 px off
     (tmp_path / "o" / fr.name / "person_00.camera.json").write_text(
-        json.dumps({"estimate": {"landmarks": {"kp2d_px": lm.tolist()}}}))
+        json.dumps({"estimate": {"landmarks": {"kp2d_px": lm.tolist()}}, "quality": {"score": 0.42, "flags": ["tiny"]}}))
     r = rf.score_outputs({"free": body}, frames, tmp_path / "o")[fr.name]
     assert r["landmark_err_px"] == pytest.approx(5.0)
+    assert r["quality_score"] == 0.42 and r["quality_flags"] == ["tiny"]
 
 
 def test_summary_means(rf, tmp_path):
@@ -241,6 +242,23 @@ def test_summary_means(rf, tmp_path):
     assert s["all"]["abs_root_depth_err_m"] == pytest.approx(0.3)
     assert s["all"]["per_joint_mm"]["left_wrist"] == 3.0
     assert s["h36m"]["mpjpe_mm"] == 20.0 and s["mpi_inf_3dhp"]["mpjpe_mm"] == 60.0
+
+
+def test_summary_ranks_frames_by_quality_score(rf, tmp_path):
+    """The quality score against the frames' PA-MPJPE (issue: "on real frames with 3D ground
+    truth"): a score that orders the frames exactly gives Spearman 1, and the best half by score
+    is the two lowest errors."""
+    base = rf.load_frames(make_root(tmp_path))[0]
+    frames = [rf.Frame(name=f"f{k}.jpg", dataset="h36m", image=base.image, K=base.K, joints17=base.joints17,
+                       limb_index=rf.H36M_LIMB) for k in range(4)]
+    pj = np.zeros(12)
+    per = {f.name: {"pa_mpjpe_mm": e, "mpjpe_mm": e, "per_joint_mm": pj, "quality_score": q}
+           for f, e, q in zip(frames, (10.0, 20.0, 30.0, 40.0), (0.9, 0.5, 0.2, 0.1))}
+    s = rf.summarize(per, frames)["all"]["quality_ranking"]
+    assert s["spearman"] == 1.0 and s["mean_error_all_mm"] == 25.0
+    assert s["mean_error_best_50pct_mm"] == 15.0 and s["reduction_best_50pct"] == 40.0
+    per[frames[0].name]["quality_score"] = 0.0  # the best frame now scored worst
+    assert rf.summarize(per, frames)["all"]["quality_ranking"]["spearman"] < 0.0
 
 
 def test_focal_groups(rf, tmp_path):

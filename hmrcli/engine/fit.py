@@ -44,7 +44,7 @@ from hmrcli.fit.optimize import (
 )
 from hmrcli.fit.pchmr import calibrate_mesh, smpl24_from_blazepose33
 
-__all__ = ["FitEngine", "RefinedEngine", "REFINERS"]
+__all__ = ["FitEngine", "RefinedEngine", "REFINERS", "landmarks_for_persons"]
 
 REFINERS = ("fit", "pc-hmr")
 
@@ -53,20 +53,78 @@ ROI_CONVENTION_FIT = ("box (cx, cy, b): centre and size in pixels of the square 
                       "camera (docs/method.md §4, inverse direction)")
 
 
-def _landmarks_for(landmarker: Landmarker, image: np.ndarray, persons: list[PersonBox]):
+def _one(landmarker: Landmarker, image: np.ndarray, k: int, p: PersonBox,
+         mask: list[np.ndarray] | None = None) -> tuple[PersonLandmarks | None, str | None]:
+    try:
+        lm = landmarker(image, p.xyxy, mask=mask) if mask else landmarker(image, p.xyxy)
+    except Exception as e:  # a broken crop must not stop the others
+        return None, f"person {k}: landmark model failed ({type(e).__name__}: {e})"
+    if lm is None:
+        return None, f"person {k}: BlazePose found no body in its box {np.round(p.xyxy, 1).tolist()}"
+    if int((lm.conf2d > 0).sum()) < 4:
+        return None, f"person {k}: fewer than 4 visible landmarks"
+    return lm, None
+
+
+#: two persons' landmarks are one body when their common confident landmarks lie within this
+#: fraction of the larger box size of each other (mean distance), over at least 6 landmarks
+SAME_BODY_FRAC = 0.1
+#: half-width of the limb polygons that grey out the other person, in box sizes
+MASK_HALF_WIDTH = 0.06
+
+
+def _same_body(a: PersonLandmarks, b: PersonLandmarks) -> bool:
+    both = (a.conf2d > 0) & (b.conf2d > 0)
+    if both.sum() < 6:
+        return False
+    d = float(np.linalg.norm(a.kp2d[both] - b.kp2d[both], axis=1).mean())
+    return d < SAME_BODY_FRAC * max(float(a.rois[0, 2]), float(b.rois[0, 2]))
+
+
+def _box_fit(lm: PersonLandmarks, p: PersonBox) -> float:
+    """How well the person box matches the landmarks: IoU of the box with the box around
+    the confident landmarks."""
+    pts = lm.kp2d[lm.conf2d > 0]
+    return float(G.box_iou_xyxy(np.concatenate([pts.min(0), pts.max(0)]), np.asarray(p.xyxy, dtype=np.float64)))
+
+
+def landmarks_for_persons(landmarker: Landmarker, image: np.ndarray, persons: list[PersonBox],
+                          separate: bool = True) -> tuple[list[PersonLandmarks | None], list[str | None]]:
+    """BlazePose landmarks of every person of one image, and per person the reason it has
+    none (None when it has).
+
+    ``separate``: where two persons' boxes overlap, BlazePose may find the same body in both
+    (the nearer or the more visible one). When two persons' landmarks are one body
+    (:data:`SAME_BODY_FRAC`), the body is given to the person whose box matches it best (IoU
+    of the box with the landmarks' box) and BlazePose looks again in the other person's box
+    with that body's limbs greyed out (:func:`hmrcli.fit.landmarks.limb_polygons`, half-width
+    :data:`MASK_HALF_WIDTH` box sizes). The new landmarks replace the old ones when they are
+    a different body (recorded as ``masked_person``); otherwise the old ones stay (two
+    estimates of one body, which the tracker of a sequence drops)."""
     lms: list[PersonLandmarks | None] = []
     problems: list[str | None] = []
     for k, p in enumerate(persons):
-        try:
-            lm = landmarker(image, p.xyxy)
-        except Exception as e:  # a broken crop must not stop the others
-            lm, why = None, f"person {k}: landmark model failed ({type(e).__name__}: {e})"
-        else:
-            why = None if lm is not None else f"person {k}: BlazePose found no body in its box {np.round(p.xyxy, 1).tolist()}"
-        if lm is not None and int((lm.conf2d > 0).sum()) < 4:
-            lm, why = None, f"person {k}: fewer than 4 visible landmarks"
+        lm, why = _one(landmarker, image, k, p)
         lms.append(lm)
         problems.append(why)
+    if not separate or len(persons) < 2:
+        return lms, problems
+    from hmrcli.fit.landmarks import limb_polygons
+
+    redone: set[int] = set()
+    for i in range(len(persons)):
+        for j in range(i + 1, len(persons)):
+            a, b = lms[i], lms[j]
+            if a is None or b is None or i in redone or j in redone or not _same_body(a, b):
+                continue
+            owner, other = (i, j) if _box_fit(a, persons[i]) >= _box_fit(b, persons[j]) else (j, i)
+            own = lms[owner]
+            mask = limb_polygons(own.kp2d, own.conf2d, MASK_HALF_WIDTH * float(own.rois[0, 2]))
+            new, _ = _one(landmarker, image, other, persons[other], mask=mask)
+            redone.add(other)
+            if new is not None and not _same_body(new, own):
+                new.masked_person = owner
+                lms[other] = new
     return lms, problems
 
 
@@ -127,7 +185,7 @@ class FitEngine:
         h, w = image.shape[:2]
         f = float(focal) if focal else float(G.default_focal(w, h))
         c = (float(principal[0]), float(principal[1])) if principal is not None else (w / 2.0, h / 2.0)
-        lms, problems = _landmarks_for(self.landmarker, image, persons)
+        lms, problems = landmarks_for_persons(self.landmarker, image, persons)
         return Prepared(image_wh=(w, h), focal=f, principal=c, problems=problems, landmarks=lms)
 
     def run(self, prepared: list[tuple[Prepared, list[PersonBox]]], *, stop: Callable[[], bool] | None = None,
@@ -242,7 +300,7 @@ class RefinedEngine:
         """The base engine's preparation, plus BlazePose landmarks when it has none."""
         p = self.base.prepare(image, persons, focal, principal)
         if p.landmarks is None:
-            p.landmarks, p.problems = _landmarks_for(self.landmarker, image, persons)
+            p.landmarks, p.problems = landmarks_for_persons(self.landmarker, image, persons)
         return p
 
     def run(self, prepared: list[tuple[Prepared, list[PersonBox]]], *, stop: Callable[[], bool] | None = None,

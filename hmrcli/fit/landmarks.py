@@ -49,6 +49,8 @@ __all__ = [
     "BLAZEPOSE_NAMES",
     "BLAZEPOSE_MIRROR",
     "BLAZEPOSE_TO_COCO17",
+    "COCO17_LIMBS",
+    "limb_polygons",
     "PersonLandmarks",
     "Landmarker",
     "fuse_landmark_sets",
@@ -64,6 +66,11 @@ BLAZEPOSE_NAMES: tuple[str, ...] = (
 )
 #: BlazePose landmark index of each COCO-17 keypoint (``hmrcli.body.COCO17_NAMES`` order).
 BLAZEPOSE_TO_COCO17: tuple[int, ...] = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
+#: COCO-17 keypoint pairs joined by a limb (or the torso's sides and diagonals, the head).
+COCO17_LIMBS: tuple[tuple[int, int], ...] = (
+    (5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16),  # arms, legs
+    (5, 6), (11, 12), (5, 11), (6, 12), (5, 12), (6, 11),  # torso
+    (0, 1), (0, 2), (1, 3), (2, 4), (0, 5), (0, 6))  # head, neck
 #: BlazePose landmark index of each landmark's mirror image (left <-> right; the nose is its own).
 BLAZEPOSE_MIRROR: tuple[int, ...] = tuple(
     BLAZEPOSE_NAMES.index(n.replace("left", "@").replace("right", "left").replace("@", "right")) for n in BLAZEPOSE_NAMES)
@@ -82,6 +89,8 @@ class PersonLandmarks:
     flipped left-right when ``view_mirrored[v]``; None: one plain view per RoI): roi_kp2d (V,
     17, 2) pixels and roi_kp3d (V, 17, 3) metres (NaN where the view found nobody), roi_vis
     (V, 17), roi_in_crop (V, 17) bool, views_ok (V,) bool: views kept by the fusion.
+    masked_person: the index of another person of the image whose limbs were greyed out
+    before BlazePose ran (:func:`hmrcli.engine.fit.landmarks_for_persons`), else None.
     """
 
     kp2d: np.ndarray
@@ -100,6 +109,7 @@ class PersonLandmarks:
     view_roi: np.ndarray | None = None
     view_mirrored: np.ndarray | None = None
     views_ok: np.ndarray | None = None
+    masked_person: int | None = None
 
     @property
     def num_views(self) -> int:
@@ -122,7 +132,28 @@ class PersonLandmarks:
             "views_used": self.views_used,
             "views": self.num_views,
             "mirrored_views": bool(self.view_mirrored is not None and np.any(self.view_mirrored)),
+            "masked_person": self.masked_person,
         }
+
+
+def limb_polygons(kp2d: np.ndarray, conf: np.ndarray, half_width: float) -> list[np.ndarray]:
+    """Quadrilaterals (4, 2) full-image pixels covering a person's limbs: one per
+    :data:`COCO17_LIMBS` pair whose two keypoints have confidence > 0, the segment widened by
+    ``half_width`` pixels on each side and lengthened by it at both ends. Used to grey a
+    person out of an image before BlazePose looks for the person behind it."""
+    p = np.asarray(kp2d, dtype=np.float64)
+    c = np.asarray(conf, dtype=np.float64)
+    polys = []
+    for a, b in COCO17_LIMBS:
+        if not (c[a] > 0 and c[b] > 0):
+            continue
+        d = p[b] - p[a]
+        n = float(np.linalg.norm(d))
+        u = d / n if n > 1e-6 else np.array([1.0, 0.0])
+        v = np.array([-u[1], u[0]]) * half_width
+        a0, b0 = p[a] - u * half_width, p[b] + u * half_width
+        polys.append(np.stack([a0 + v, b0 + v, b0 - v, a0 - v]))
+    return polys
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -227,9 +258,18 @@ class Landmarker:
     def close(self) -> None:
         self.detector.close()
 
-    def __call__(self, image: np.ndarray, box_xyxy: np.ndarray) -> PersonLandmarks | None:
+    def __call__(self, image: np.ndarray, box_xyxy: np.ndarray,
+                 mask: list[np.ndarray] | None = None) -> PersonLandmarks | None:
         """Landmarks of the person in ``box_xyxy`` (x1, y1, x2, y2 pixels) of the RGB uint8
-        ``image``; None when BlazePose finds nobody in any RoI."""
+        ``image``; None when BlazePose finds nobody in any RoI. ``mask``: convex polygons (N, 2)
+        in full-image pixels filled with mid grey before cropping (another person to leave
+        out, :func:`limb_polygons`)."""
+        if mask:
+            import cv2
+
+            image = np.array(image, copy=True)
+            for q in mask:  # one by one: fillPoly would leave where two polygons overlap unfilled
+                cv2.fillConvexPoly(image, np.round(q).astype(np.int32), (128, 128, 128))
         box = G.box_from_xyxy(np.asarray(box_xyxy, dtype=np.float64)[None], aspect="square",
                               rescale=self.box_rescale)
         rois = G.make_rois(box, self.num_rois)[0]  # (M, 3)
