@@ -175,6 +175,7 @@ class FitEngine:
                 "fit": {"landmarks": f"mediapipe BlazePose {getattr(self.landmarker, 'landmark_model', 'full')} "
                                      "(0.10.21), COCO-17 correspondence",
                         "num_rois": self.landmarker.num_rois, "mirror": bool(getattr(self.landmarker, "mirror", False)),
+                        "overlapping_persons": "second look",  # landmarks_for_persons
                         "w2d": o.w2d, "w3d": o.w3d, "pose_prior": o.pose_prior,
                         "stages": ["camera"] + [f"body{k}" for k in range(len(o.body_stages))]}}
 
