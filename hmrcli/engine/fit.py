@@ -33,7 +33,7 @@ from hmrcli import geometry as G
 from hmrcli.body import BodyModel
 from hmrcli.engine.base import PersonBox, PersonEstimate, Prepared, finished_images
 from hmrcli.engine.quality import add_fit_quality
-from hmrcli.fit.landmarks import Landmarker, PersonLandmarks
+from hmrcli.fit.landmarks import Landmarker, PersonLandmarks, limb_polygons
 from hmrcli.fit.optimize import (
     FitInit,
     FitOptions,
@@ -109,8 +109,6 @@ def landmarks_for_persons(landmarker: Landmarker, image: np.ndarray, persons: li
         problems.append(why)
     if not separate or len(persons) < 2:
         return lms, problems
-    from hmrcli.fit.landmarks import limb_polygons
-
     redone: set[int] = set()
     for i in range(len(persons)):
         for j in range(i + 1, len(persons)):

@@ -74,6 +74,7 @@ COCO17_LIMBS: tuple[tuple[int, int], ...] = (
 #: BlazePose landmark index of each landmark's mirror image (left <-> right; the nose is its own).
 BLAZEPOSE_MIRROR: tuple[int, ...] = tuple(
     BLAZEPOSE_NAMES.index(n.replace("left", "@").replace("right", "left").replace("@", "right")) for n in BLAZEPOSE_NAMES)
+_MIRROR_INDEX = np.array(BLAZEPOSE_MIRROR)
 
 
 @dataclass
@@ -290,7 +291,7 @@ class Landmarker:
                 continue
             c, vis, w3 = np.asarray(res.landmarks), np.asarray(res.visibility), np.asarray(res.world_landmarks)
             if mirrored:  # back to the unflipped crop: x mirrored, left <-> right, world x negated
-                c, vis, w3 = c[list(BLAZEPOSE_MIRROR)].copy(), vis[list(BLAZEPOSE_MIRROR)], w3[list(BLAZEPOSE_MIRROR)].copy()
+                c, vis, w3 = c[_MIRROR_INDEX], vis[_MIRROR_INDEX], w3[_MIRROR_INDEX]  # (copies: fancy indexing)
                 # BlazePose's x is its normalised coordinate times the width (0 = the crop's left
                 # edge), so the mirror is s - x (measured on the sample photos: the two views'
                 # well-seen landmarks then agree to a median 0.0-0.3 px; with s - 1 - x, 1.0-1.3 px)
