@@ -302,6 +302,10 @@ def test_export_refusals(m5, tmp_path, monkeypatch):
     assert r.exit_code == 1 and "exists" in r.output
     r = _export(m5.ckpt, tmp_path / "x.bin")
     assert r.exit_code == 2 and "must end in .onnx" in r.output
+    # an error stays one line, however long the path (logs are grepped for "error: <file>")
+    long_out = tmp_path / ("y" * 120 + ".bin")
+    r = _export(m5.ckpt, long_out)
+    assert r.exit_code == 2 and f"error: {long_out}: the output must end in .onnx" in r.output.splitlines()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
     r = _export(bad, tmp_path / "bad.onnx")

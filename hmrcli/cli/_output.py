@@ -21,7 +21,9 @@ from hmrcli import devices
 from hmrcli.files import json_text
 
 stdout = Console()
-stderr = Console(stderr=True)
+# soft_wrap: a message on stderr stays one line whatever the terminal's width (pipelines grep
+# logs for "error: <file>"; rich would otherwise fold a long path at the console width)
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 def want_json(flag: bool | None) -> bool:
@@ -59,14 +61,6 @@ def resolve_device(name: str) -> str:
     except devices.DeviceUnavailable:
         raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)",
                                  param_hint="--device") from None
-    import torch  # start-up: torch takes ~3 s to import, only when a device is resolved
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine (hmrcli doctor shows devices)",
-                                 param_hint="--device")
-    return name
 
 
 def progress_bar(label: str, total: int, completed: int = 0, field: str | None = None, remaining: bool = False,
