@@ -161,6 +161,34 @@ def test_a_folder_of_frames_becomes_tracks(scene, body, tmp_path):
     assert not list((out / "track_overlay").glob("*.png"))
 
 
+def test_a_person_seen_in_too_few_frames_gets_no_track_and_is_listed(scene, body, tmp_path):
+    """A stray estimate in one frame (far behind the walkers): no track_02, but listed in
+    sequence.json ``short_tracks`` with its frame and person; --min-track-frames 1 keeps it."""
+    root, frames, pair, truth, records = scene
+    truth, records = dict(truth), [dict(r, persons=list(r["persons"])) for r in records]
+    rot, betas, tr = pair.rotmats[0, 3], pair.betas[0], pair.transl[0, 3] * 3.0 + [1.0, 0.0, 0.0]
+    uv = G.project(pair.vertices[0, 3] - pair.transl[0, 3] + tr, pair.K)
+    box = np.round(np.concatenate([uv.min(0), uv.max(0)]), 1)
+    truth[tuple(box)] = (rot, betas, tr)
+    records[3]["persons"].append({"box_xyxy": box.tolist(), "score": 0.9})
+    stray = len(records[3]["persons"]) - 1
+    for min_frames, n_tracks in ((3, 2), (1, 3)):
+        out = tmp_path / f"out{min_frames}"
+        opts = InferOptions(out=out, overlay=False, mesh_formats=("obj",),
+                            sequence=SequenceOptions(folders=True, fps=25.0, smooth=SmoothOptions(method="none"),
+                                                     tracker=TrackerOptions(max_gap=5, min_frames=min_frames)))
+        summ = run_inference(expand_inputs([str(frames)]), OracleEngine(body, truth), opts,
+                             detector=BoxesDetector(records=records))
+        seq = json.loads((out / "sequence.json").read_text())
+        assert summ.tracks == n_tracks and len(seq["tracks"]) == n_tracks and seq["tracker"]["min_frames"] == min_frames
+        assert (out / "f3.png" / f"person_{stray:02d}.params.npz").is_file()  # its per-frame result stays
+        if min_frames == 3:
+            assert seq["short_tracks"] == [{"first_frame": 3, "observed_frames": 1, "persons": [[3, stray]]}]
+            assert sorted(p.name for p in out.glob("track_*.npz")) == ["track_00.npz", "track_01.npz"]
+        else:
+            assert seq["short_tracks"] == [] and [3, stray] in [pp for t in seq["tracks"] for pp in t["persons"]]
+
+
 def test_a_sequence_that_cannot_be_read_is_recorded(scene, body, tmp_path):
     out = tmp_path / "out"
     _run(scene, body, out, method="none")
@@ -245,6 +273,12 @@ def test_a_video_is_a_sequence_by_default(ckpt, tmp_path):
     assert [f["frame"] for f in seq["frames"]] == [0, 2, 4, 6] and seq["video"] == str(clip)
     anim = read_animation_npz(tmp_path / "a" / "clip.avi" / "track_00.npz")
     assert list(anim.frames) == [0, 2, 4, 6] and anim.fps == pytest.approx(12.0)
+    # --min-track-frames: a person seen in fewer frames (here all 4) gets no track, and is listed
+    r = CliRunner().invoke(app, common + ["--out", str(tmp_path / "d"), "--frame-stride", "2", "--min-track-frames", "5"])
+    assert r.exit_code == 0, r.output
+    seq = json.loads((tmp_path / "d" / "clip.avi" / "sequence.json").read_text())
+    assert seq["tracks"] == [] and seq["short_tracks"][0]["persons"] == [[0, 0], [2, 0], [4, 0], [6, 0]]
+    assert not list((tmp_path / "d" / "clip.avi").glob("track_*.npz"))
     r = CliRunner().invoke(app, common + ["--out", str(tmp_path / "b"), "--no-sequence"])
     assert r.exit_code == 0 and not (tmp_path / "b" / "clip.avi" / "sequence.json").exists()
     r = CliRunner().invoke(app, common + ["--out", str(tmp_path / "c"), "--smooth", "kalman"])

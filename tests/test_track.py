@@ -87,6 +87,52 @@ def test_a_gap_longer_than_max_gap_starts_a_new_track(pair, kb):
     assert sorted(len(t.observations) for t in tracks) == [17, 18, 40]
 
 
+def _spurious(o: Observation, step: int, person: int, shift_px: float = 0.0, depth: float = 1.0) -> Observation:
+    """A copy of ``o`` at ``step`` (another frame's detection, a mixed estimate): moved
+    ``shift_px`` pixels right and ``depth`` times as far."""
+    return Observation(step=step, frame=step, person=person, box_xyxy=o.box_xyxy + [shift_px, 0, shift_px, 0],
+                       joints_2d=o.joints_2d + [shift_px, 0], joints_cam=o.joints_cam * depth, rotmats=o.rotmats,
+                       betas=o.betas, betas_applied=True, transl=o.transl * depth, K=o.K)
+
+
+def test_a_track_shorter_than_min_frames_is_set_aside(pair, kb):
+    frames = noisy_observations(pair, kb, np.random.default_rng(2))
+    # a one-frame estimate at frame 0, listed first (it would have been track_00), and a
+    # two-frame one at frames 30-31, both far from the two walkers (another place, 3x as far)
+    for k, shift in ((0, 400.0), (30, -500.0), (31, -500.0)):
+        for o in frames[k]:
+            o.person += 1
+        frames[k].insert(0, _spurious(frames[k][0], k, 0, shift, depth=3.0))
+    short: list = []
+    tracks = track_people(frames, TrackerOptions(), short=short)
+    assert [t.track_id for t in tracks] == ["track_00", "track_01"]
+    assert sorted(len(t.observations) for t in tracks) == [40, 40]
+    assert sorted([o.frame for o in obs] for obs in short) == [[0], [30, 31]]
+    assert all(o.person == 0 for obs in short for o in obs)
+    every = track_people(frames, TrackerOptions(min_frames=1))
+    assert [t.track_id for t in every] == ["track_00", "track_01", "track_02", "track_03"]
+    assert [len(t.observations) for t in every] == [1, 40, 40, 2]
+    with pytest.raises(ValueError, match="min_frames"):
+        TrackerOptions(min_frames=0)
+
+
+def test_a_tentative_track_cannot_take_a_confirmed_persons_detection(pair, kb):
+    frames = noisy_observations(pair, kb, np.random.default_rng(4))
+    who = lambda k, p: min(frames[k], key=lambda o: np.abs(o.joints_cam - pair.joints[p, k]).mean())
+    # frame 7's estimate of person 1 lands 60 px off (a mixed estimate in a crossing), and at
+    # frame 6 a stray estimate lies exactly there: the tentative track it starts is nearer to
+    # person 1's detection of frame 7 than person 1's own track is
+    d7 = who(7, 1)
+    d7.box_xyxy, d7.joints_2d = d7.box_xyxy + [60.0, 0, 60.0, 0], d7.joints_2d + [60.0, 0]
+    frames[6].append(_spurious(d7, 6, 2))
+    short: list = []
+    tracks = track_people(frames, TrackerOptions(), short=short)
+    got = {t.track_id: (t.frames, np.stack([o.joints_cam for o in t.observations])) for t in tracks}
+    m = sequence_metrics(pair, got)
+    assert len(tracks) == 2 and m["identity_switches"] == 0 and m["matched_person_frames"] == 80
+    assert [[(o.frame, o.person) for o in obs] for obs in short] == [[(6, 2)]]
+
+
 def test_tracks_do_not_depend_on_the_order_of_persons(pair, kb):
     a = track_people(noisy_observations(pair, kb, np.random.default_rng(5)))
     frames = noisy_observations(pair, kb, np.random.default_rng(5))

@@ -124,6 +124,9 @@ def infer(
                    "of frames (default 30) and of videos that state none.", rich_help_panel="Sequences")] = None,
     max_gap: Annotated[int, typer.Option("--max-gap", min=0, help="Sequences: frames a person may go unseen and "
                        "keep its track id.", rich_help_panel="Sequences")] = 10,
+    min_track_frames: Annotated[int, typer.Option("--min-track-frames", min=1, help="Sequences: a person seen in "
+                                "fewer frames gets no track (its results stay; sequence.json lists it under "
+                                "short_tracks); 1 keeps every track.", rich_help_panel="Sequences")] = 3,
     executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (workers on a Ray "
                         "cluster, `pip install 'hmrcli[ray]'`; every node must see the inputs and --out at the same "
                         "paths). README: many machines.")] = "local",
@@ -259,7 +262,7 @@ def infer(
         from hmrcli.track import SmoothOptions, TrackerOptions
 
         opts.sequence = SequenceOptions(folders=folders, fps=fps, smooth=SmoothOptions(method=smooth),
-                                        tracker=TrackerOptions(max_gap=max_gap), overlay=overlay, smpl_dir=smpl_dir)
+                                        tracker=TrackerOptions(max_gap=max_gap, min_frames=min_track_frames), overlay=overlay, smpl_dir=smpl_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK | os.X_OK):

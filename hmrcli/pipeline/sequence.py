@@ -322,7 +322,8 @@ def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = 
 
     frames, facts = read_sequence_observations(out, seq, body_for)
     twins: list = []
-    tracks = track_people(frames, opts.tracker, twins)
+    short: list = []
+    tracks = track_people(frames, opts.tracker, twins, short)
     files: list[str] = []
     records = []
     smoothed = []
@@ -372,6 +373,8 @@ def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = 
         "missing_frames": [seq.frame_index(s) for s in missing],
         "duplicates": [{"frame": o.frame, "person": o.person, "same_body_as_person": k.person,
                         "joints_in_own_box": round(o.in_box, 3)} for o, k in twins],
+        "short_tracks": [{"first_frame": obs[0].frame, "observed_frames": len(obs),
+                          "persons": [[o.frame, o.person] for o in obs]} for obs in short],
         "body_model": facts.get("body_model"), "gender": facts.get("gender"), "tracks": records,
         "tracker": asdict(opts.tracker), "smoothing": {"method": opts.smooth.method, **asdict(opts.smooth),
                                                          "lag": lag_note(opts.smooth, seq.fps)},

@@ -14,8 +14,15 @@ giving detection d to track k is
 is allowed only when the predicted and the detected boxes overlap or the joints are within
 ``max_joint_dist`` box sizes, and its cost is below ``max_cost``. A detection left over
 starts a new track; a track left over stays open for ``max_gap`` steps (a person hidden
-behind another one for a moment gets its id back), then is closed. Ids follow the order in
-which tracks start (``track_00``, ``track_01``, ...), ties broken by the person index, so
+behind another one for a moment gets its id back), then is closed.
+
+A track seen in fewer than ``min_frames`` steps is tentative: in every frame the confirmed
+tracks choose first, the tentative ones share what is left (the matching cascade of SORT /
+DeepSORT), so a spurious estimate -- a mixed body where one person hides another, a
+detector's one-frame mistake -- cannot take a real person's next detection. A track still
+shorter than ``min_frames`` at the end is not returned as a track but set aside (the caller
+records it: ``sequence.json`` ``short_tracks``). Ids are given to the tracks kept, in the order
+in which they start (``track_00``, ``track_01``, ...), ties broken by the person index, so
 the same per-frame results always give the same tracks.
 
 Why hand-written: the assignment itself is scipy's; the cost is the part specific to the
@@ -55,7 +62,8 @@ class TrackerOptions:
     dearer than this are never matched; ``max_joint_dist``: box sizes within which
     non-overlapping boxes may still match (fast motion); ``duplicate_dist``: two estimates of
     one frame whose projected joints are closer than this (mean, in box sizes) are one body
-    seen twice (:func:`drop_duplicates`)."""
+    seen twice (:func:`drop_duplicates`); ``min_frames``: a track seen in fewer steps is
+    tentative, and set aside when it ends so (1: every track is kept)."""
 
     max_gap: int = 10
     w_joints: float = 1.0
@@ -63,10 +71,13 @@ class TrackerOptions:
     max_cost: float = 1.6
     max_joint_dist: float = 0.75
     duplicate_dist: float = 0.1
+    min_frames: int = 3
 
     def __post_init__(self) -> None:
         if self.max_gap < 0:
             raise ValueError(f"max_gap must be >= 0, got {self.max_gap}")
+        if self.min_frames < 1:
+            raise ValueError(f"min_frames must be >= 1, got {self.min_frames}")
 
 
 def _root_depth(o: Observation) -> float:
@@ -134,14 +145,37 @@ def drop_duplicates(dets: list[Observation], opts: TrackerOptions) -> tuple[list
     return sorted(kept, key=lambda o: o.person), dropped
 
 
+def _match(open_: list[_Open], dets: list[Observation], free: list[int], s: int,
+           opts: TrackerOptions) -> list[int]:
+    """Give the detections ``free`` (indices into ``dets``) to the tracks ``open_`` (least total
+    cost); returns the detections still free."""
+    if not open_ or not free:
+        return free
+    cost = np.full((len(open_), len(free)), _INFEASIBLE)
+    for i, t in enumerate(open_):
+        bp, jp, zp = t.predict(s)
+        for c, j in enumerate(free):
+            cost[i, c] = pair_cost(bp, jp, zp, dets[j], opts)
+    rows, cols = linear_sum_assignment(cost)
+    taken = set()
+    for i, c in zip(rows, cols):
+        if cost[i, c] < _INFEASIBLE:
+            open_[i].add(dets[free[c]])
+            taken.add(free[c])
+    return [j for j in free if j not in taken]
+
+
 def track_people(frames: list[list[Observation]], options: TrackerOptions | None = None,
-                 dropped: list[tuple[Observation, Observation]] | None = None) -> list[Track]:
+                 dropped: list[tuple[Observation, Observation]] | None = None,
+                 short: list[list[Observation]] | None = None) -> list[Track]:
     """Link the observations of a sequence into tracks (see the module docstring).
 
     ``frames[s]``: the observations of step s (any order; all with ``step == s``). Returns
     the tracks in id order; every observation is in exactly one track, except second
     estimates of one body in a frame (:func:`drop_duplicates`), which are appended to
-    ``dropped`` (with the observation kept for them) when a list is given."""
+    ``dropped`` (with the observation kept for them), and the observations of tracks shorter
+    than ``min_frames``, appended to ``short`` (one list per such track, in frame order), when
+    those lists are given."""
     opts = options or TrackerOptions()
     open_: list[_Open] = []
     closed: list[_Open] = []
@@ -157,21 +191,16 @@ def track_people(frames: list[list[Observation]], options: TrackerOptions | None
         for t in open_:  # close tracks unseen for longer than max_gap
             (still if s - t.last.step - 1 <= opts.max_gap else closed).append(t)
         open_ = still
-        matched: set[int] = set()
-        if open_ and dets:
-            cost = np.full((len(open_), len(dets)), _INFEASIBLE)
-            for i, t in enumerate(open_):
-                bp, jp, zp = t.predict(s)
-                for j, d in enumerate(dets):
-                    cost[i, j] = pair_cost(bp, jp, zp, d, opts)
-            rows, cols = linear_sum_assignment(cost)
-            for i, j in zip(rows, cols):
-                if cost[i, j] < _INFEASIBLE:
-                    open_[i].add(dets[j])
-                    matched.add(j)
-        for j, d in enumerate(dets):
-            if j not in matched:
-                open_.append(_Open(n_tracks, d))
-                n_tracks += 1
-    tracks = [t.track for t in closed + open_]
-    return sorted(tracks, key=lambda t: int(t.track_id.split("_")[1]))
+        # the cascade: confirmed tracks first, tentative ones from what is left
+        confirmed = [t for t in open_ if len(t.track.observations) >= opts.min_frames]
+        tentative = [t for t in open_ if len(t.track.observations) < opts.min_frames]
+        free = _match(confirmed, dets, list(range(len(dets))), s, opts)
+        free = _match(tentative, dets, free, s, opts)
+        for j in free:
+            open_.append(_Open(n_tracks, dets[j]))
+            n_tracks += 1
+    every = sorted(closed + open_, key=lambda t: int(t.track.track_id.split("_")[1]))  # start order
+    kept = [t.track for t in every if len(t.track.observations) >= opts.min_frames]
+    if short is not None:
+        short.extend(t.track.observations for t in every if len(t.track.observations) < opts.min_frames)
+    return [Track(track_name(n), t.observations) for n, t in enumerate(kept)]
