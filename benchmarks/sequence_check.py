@@ -11,7 +11,7 @@ Reported per method, against the truth, per person and averaged: identity switch
 frame, mm / frame^2, the mean |a_est - a_true| over joints and frames whose neighbours are
 both present), and the change against the per-frame estimates.
 
-Usage: python benchmarks/sequence_check.py [--work DIR] [--frames 60] [--seed 0]
+Usage: python benchmarks/sequence_check.py [--work DIR] [--frames 60] [--seed 0] [--min-track-frames 3]
 (a re-run with the same --work reuses the rendered frames and skips the finished frames;
 needs the [fit] extra for BlazePose.)
 """
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-gap", type=int, default=10)
+    ap.add_argument("--min-track-frames", type=int, default=3,
+                    help="tracks seen in fewer frames are tentative and set aside (1: the tracker before them)")
     ap.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                     help="the fit engine's mirrored views (hmrcli's default)")
     a = ap.parse_args()
@@ -76,7 +78,7 @@ def main() -> None:
     engine, choice = make_engine("fit", checkpoint=None, landmarks="full", mirror=a.mirror)
     detector = create_detector("auto")
     seq_opts = SequenceOptions(folders=True, fps=fps, smooth=SmoothOptions(method="one-euro"),
-                               tracker=TrackerOptions(max_gap=a.max_gap))
+                               tracker=TrackerOptions(max_gap=a.max_gap, min_frames=a.min_track_frames))
     t0 = time.perf_counter()
     summ = run_inference(expand_inputs([str(frames_dir)]), engine, InferOptions(out=work / "out", sequence=seq_opts),
                          detector=detector)
