@@ -1,6 +1,6 @@
 """Two persons whose boxes overlap: when BlazePose finds the same body in both boxes, the body
 goes to the box that matches it and BlazePose looks again in the other box with that body's
-limbs greyed out (hmrcli.engine.fit.landmarks_for_persons)."""
+limbs erased (hmrcli.engine.fit.landmarks_for_persons)."""
 
 import numpy as np
 
@@ -104,24 +104,49 @@ def test_limb_polygons_cover_each_limb_with_a_margin():
     assert limb_polygons(kp, conf, 2.0) == []
 
 
-def test_the_landmarker_greys_the_mask_out_before_cropping():
-    """Landmarker(mask=...) fills the polygons with mid grey in its own copy of the image."""
+def test_the_landmarker_erases_the_mask_before_cropping():
+    """Landmarker(mask=...) fills the polygons in from their surroundings in its own copy of
+    the image: a bright person-sized patch on a dark green ground is gone from the crop, and
+    no flat grey silhouette is left in its place."""
     seen = []
 
     class Detector:
         landmark_model = "full"
 
         def pose(self, crop):
-            seen.append(int((crop == 128).all(axis=-1).sum()))
+            seen.append(crop.copy())
             return None
 
     from hmrcli.fit.landmarks import Landmarker
 
     image = np.zeros((300, 400, 3), np.uint8)
+    image[..., 1] = 60
+    image[100:201, 150:251] = 255
     box = np.array([100.0, 50.0, 300.0, 250.0])
     square = np.array([[150.0, 100.0], [250.0, 100.0], [250.0, 200.0], [150.0, 200.0]])
     lmk = Landmarker(num_rois=1, detector=Detector(), mirror=False)
-    assert lmk(image, box) is None and seen == [0]
+    assert lmk(image, box) is None and (seen[0] == 255).all(axis=-1).sum() > 0.1 * 384 * 384
     assert lmk(image, box, mask=[square, square + 20.0]) is None
-    assert seen[1] > 0.1 * 384 * 384  # a large grey area in the crop
-    assert (image == 0).all()  # the caller's image is untouched
+    crop = seen[1].astype(int)
+    assert (crop.max(axis=-1) < 100).all()  # the patch is gone: everything is near the dark green ground
+    assert np.abs(crop - [0, 60, 0]).max(axis=-1).mean() < 5
+    assert not (crop == 128).all(axis=-1).any()
+    assert (image[100:201, 150:251] == 255).all()  # the caller's image is untouched
+
+
+def test_erase_regions_edges():
+    from hmrcli.fit.landmarks import erase_regions
+
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    square = np.array([[10.0, 10.0], [30.0, 10.0], [30.0, 30.0], [10.0, 30.0]])
+    assert (erase_regions(image, []) == image).all()
+    assert (erase_regions(image, [square + 500.0]) == image).all()  # wholly outside the image
+    out = erase_regions(image, [square - 20.0])  # partly outside: only the part inside changes
+    assert (out[12:, :] == image[12:, :]).all() and (out[:, 12:] == image[:, 12:]).all()
+    assert not (out[:10, :10] == image[:10, :10]).all()
+    # a large region is filled at a bounded resolution, and still only inside the polygons
+    big = np.zeros((1200, 1000, 3), np.uint8)
+    big[100:1100, 200:800] = 250
+    rect = np.array([[200.0, 100.0], [799.0, 100.0], [799.0, 1099.0], [200.0, 1099.0]])
+    out = erase_regions(big, [rect], max_side=64)
+    assert out[300:900, 300:700].max() < 60 and (out[:90] == 0).all() and (out[:, :190] == 0).all()

@@ -69,7 +69,7 @@ def _one(landmarker: Landmarker, image: np.ndarray, k: int, p: PersonBox,
 #: two persons' landmarks are one body when their common confident landmarks lie within this
 #: fraction of the larger box size of each other (mean distance), over at least 6 landmarks
 SAME_BODY_FRAC = 0.1
-#: half-width of the limb polygons that grey out the other person, in box sizes
+#: half-width of the limb polygons that erase the other person, in box sizes
 MASK_HALF_WIDTH = 0.06
 
 
@@ -97,7 +97,7 @@ def landmarks_for_persons(landmarker: Landmarker, image: np.ndarray, persons: li
     (the nearer or the more visible one). When two persons' landmarks are one body
     (:data:`SAME_BODY_FRAC`), the body is given to the person whose box matches it best (IoU
     of the box with the landmarks' box) and BlazePose looks again in the other person's box
-    with that body's limbs greyed out (:func:`hmrcli.fit.landmarks.limb_polygons`, half-width
+    with that body's limbs erased (:func:`hmrcli.fit.landmarks.limb_polygons`, half-width
     :data:`MASK_HALF_WIDTH` box sizes). The new landmarks replace the old ones when they are
     a different body (recorded as ``masked_person``); otherwise the old ones stay (two
     estimates of one body, which the tracker of a sequence drops)."""

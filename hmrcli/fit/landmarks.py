@@ -51,6 +51,7 @@ __all__ = [
     "BLAZEPOSE_TO_COCO17",
     "COCO17_LIMBS",
     "limb_polygons",
+    "erase_regions",
     "PersonLandmarks",
     "Landmarker",
     "fuse_landmark_sets",
@@ -90,7 +91,7 @@ class PersonLandmarks:
     flipped left-right when ``view_mirrored[v]``; None: one plain view per RoI): roi_kp2d (V,
     17, 2) pixels and roi_kp3d (V, 17, 3) metres (NaN where the view found nobody), roi_vis
     (V, 17), roi_in_crop (V, 17) bool, views_ok (V,) bool: views kept by the fusion.
-    masked_person: the index of another person of the image whose limbs were greyed out
+    masked_person: the index of another person of the image whose limbs were erased
     before BlazePose ran (:func:`hmrcli.engine.fit.landmarks_for_persons`), else None.
     """
 
@@ -140,8 +141,8 @@ class PersonLandmarks:
 def limb_polygons(kp2d: np.ndarray, conf: np.ndarray, half_width: float) -> list[np.ndarray]:
     """Quadrilaterals (4, 2) full-image pixels covering a person's limbs: one per
     :data:`COCO17_LIMBS` pair whose two keypoints have confidence > 0, the segment widened by
-    ``half_width`` pixels on each side and lengthened by it at both ends. Used to grey a
-    person out of an image before BlazePose looks for the person behind it."""
+    ``half_width`` pixels on each side and lengthened by it at both ends. Used to erase a
+    person from an image before BlazePose looks for the person behind it (:func:`erase_regions`)."""
     p = np.asarray(kp2d, dtype=np.float64)
     c = np.asarray(conf, dtype=np.float64)
     polys = []
@@ -155,6 +156,52 @@ def limb_polygons(kp2d: np.ndarray, conf: np.ndarray, half_width: float) -> list
         a0, b0 = p[a] - u * half_width, p[b] + u * half_width
         polys.append(np.stack([a0 + v, b0 + v, b0 - v, a0 - v]))
     return polys
+
+
+#: :func:`erase_regions` fills at most this many pixels along the region's longer side
+ERASE_MAX_SIDE = 256
+
+
+def erase_regions(image: np.ndarray, polygons: list[np.ndarray], max_side: int = ERASE_MAX_SIDE) -> np.ndarray:
+    """A copy of the RGB uint8 ``image`` with the convex ``polygons`` (N, 2) full-image pixels
+    filled in from their surroundings (OpenCV's Telea inpainting), so that BlazePose looking
+    for the person behind no longer sees the person in front. Filling with a flat colour
+    leaves a person-shaped silhouette, which BlazePose's detector can take for a person
+    (measured on the crossing scene of ``benchmarks/sequence_check.py``: docs/method.md §8.1).
+    The polygons' region is inpainted at most ``max_side`` pixels on its longer side
+    (downscaled first: BlazePose sees a person at 384 px, and the cost of inpainting grows with
+    the area) and pasted back inside the polygons only."""
+    import cv2
+
+    out = np.array(image, copy=True)
+    polys = [np.round(np.asarray(q, dtype=np.float64)).astype(np.int64) for q in polygons]
+    h, w = out.shape[:2]
+    pts = np.concatenate(polys) if polys else np.zeros((0, 2), np.int64)
+    if not len(pts):
+        return out
+    scale = min(1.0, max_side / float(max((pts.max(0) - pts.min(0)).max(), 1)))
+    pad = int(np.ceil(8 / scale))  # the inpainting reads the 8 pixels around the region (at its scale)
+    x0, y0 = np.clip(pts.min(0) - pad, 0, [w, h])
+    x1, y1 = np.clip(pts.max(0) + pad + 1, 0, [w, h])
+    if x1 <= x0 or y1 <= y0:  # wholly outside the image
+        return out
+    sub = out[y0:y1, x0:x1]
+    msub = np.zeros(sub.shape[:2], np.uint8)
+    for q in polys:  # one by one: fillPoly would leave where two polygons overlap unfilled
+        cv2.fillConvexPoly(msub, (q - [x0, y0]).astype(np.int32), 255)
+    if not msub.any():
+        return out
+    if scale < 1.0:
+        size = (max(int(round(sub.shape[1] * scale)), 1), max(int(round(sub.shape[0] * scale)), 1))
+        small = cv2.resize(np.ascontiguousarray(sub), size, interpolation=cv2.INTER_AREA)
+        msmall = (cv2.resize(msub, size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8) * 255
+        filled = cv2.resize(cv2.inpaint(small, msmall, 3, cv2.INPAINT_TELEA), (sub.shape[1], sub.shape[0]),
+                            interpolation=cv2.INTER_LINEAR)
+    else:
+        filled = cv2.inpaint(np.ascontiguousarray(sub), msub, 3, cv2.INPAINT_TELEA)
+    inside = msub > 0
+    sub[inside] = filled[inside]
+    return out
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -263,14 +310,10 @@ class Landmarker:
                  mask: list[np.ndarray] | None = None) -> PersonLandmarks | None:
         """Landmarks of the person in ``box_xyxy`` (x1, y1, x2, y2 pixels) of the RGB uint8
         ``image``; None when BlazePose finds nobody in any RoI. ``mask``: convex polygons (N, 2)
-        in full-image pixels filled with mid grey before cropping (another person to leave
-        out, :func:`limb_polygons`)."""
+        in full-image pixels erased before cropping (another person to leave out,
+        :func:`limb_polygons`; :func:`erase_regions`)."""
         if mask:
-            import cv2
-
-            image = np.array(image, copy=True)
-            for q in mask:  # one by one: fillPoly would leave where two polygons overlap unfilled
-                cv2.fillConvexPoly(image, np.round(q).astype(np.int32), (128, 128, 128))
+            image = erase_regions(image, mask)
         box = G.box_from_xyxy(np.asarray(box_xyxy, dtype=np.float64)[None], aspect="square",
                               rescale=self.box_rescale)
         rois = G.make_rois(box, self.num_rois)[0]  # (M, 3)
