@@ -177,9 +177,12 @@ def test_a_person_seen_in_too_few_frames_gets_no_track_and_is_listed(scene, body
         opts = InferOptions(out=out, overlay=False, mesh_formats=("obj",),
                             sequence=SequenceOptions(folders=True, fps=25.0, smooth=SmoothOptions(method="none"),
                                                      tracker=TrackerOptions(max_gap=5, min_frames=min_frames)))
-        summ = run_inference(expand_inputs([str(frames)]), OracleEngine(body, truth), opts,
+        events = []
+        summ = run_inference(expand_inputs([str(frames)]), OracleEngine(body, truth), opts, progress=events.append,
                              detector=BoxesDetector(records=records))
         seq = json.loads((out / "sequence.json").read_text())
+        ev = [e for e in events if e.get("event") == "sequence"]
+        assert ev[0]["tracks"] == n_tracks and ev[0]["short_tracks"] == (1 if min_frames == 3 else 0)
         assert summ.tracks == n_tracks and len(seq["tracks"]) == n_tracks and seq["tracker"]["min_frames"] == min_frames
         assert (out / "f3.png" / f"person_{stray:02d}.params.npz").is_file()  # its per-frame result stays
         if min_frames == 3:

@@ -433,8 +433,9 @@ class _Reporter:
                     self._line(f"error: {ev['error']}", "red")
                 else:
                     state = "up to date" if ev.get("up_to_date") else f"tracked in {ev.get('seconds', 0):.1f} s"
+                    short = f", {ev['short_tracks']} person(s) seen too briefly for a track" if ev.get("short_tracks") else ""
                     self._line(f"sequence {ev['name'] or '.'}: {ev['tracks']} track(s) over {ev['frames']} frames "
-                               f"({ev['missing_frames']} without results), {state}")
+                               f"({ev['missing_frames']} without results{short}), {state}")
             elif kind == "done" and ev.get("persons") == 0 and not self.quiet:
                 self._line(f"note: no person found in {ev['file']}")
         elif kind == "redo":  # JSON on stdout, no bar: still tell the person at the terminal

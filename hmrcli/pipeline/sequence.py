@@ -106,11 +106,13 @@ class Sequence:
 
 @dataclass
 class SequenceDone:
-    """What :func:`write_sequence` did: ``tracks`` written, or ``skipped`` (up to date), or
+    """What :func:`write_sequence` did: ``tracks`` written (and ``short_tracks``: persons seen
+    in too few frames for a track, listed in sequence.json), or ``skipped`` (up to date), or
     ``error`` (the sequence could not be tracked; recorded in errors.jsonl)."""
 
     name: str
     tracks: int = 0
+    short_tracks: int = 0
     frames: int = 0
     missing: int = 0
     skipped: bool = False
@@ -309,7 +311,7 @@ def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = 
     except (OSError, ValueError):
         old = None
     if not force and isinstance(old, dict) and old.get("digest") == digest and all((d / f).is_file() for f in old.get("files", [])):
-        done.skipped, done.tracks = True, len(old.get("tracks") or [])
+        done.skipped, done.tracks, done.short_tracks = True, len(old.get("tracks") or []), len(old.get("short_tracks") or [])
         return done
     kbs: dict[tuple[str, str], tuple[Any, KeypointBody]] = {}
 
@@ -384,7 +386,8 @@ def write_sequence(out: Path, seq: Sequence, opts: SequenceOptions, body: Any = 
     }
     atomic_write_text(d / SEQUENCE_NAME, json.dumps(rec, indent=1))
     _remove_stale(d, set(files))
-    done.tracks, done.files, done.seconds = len(tracks), files + [SEQUENCE_NAME], time.perf_counter() - t0
+    done.tracks, done.short_tracks = len(tracks), len(short)
+    done.files, done.seconds = files + [SEQUENCE_NAME], time.perf_counter() - t0
     return done
 
 
@@ -405,6 +408,6 @@ def finish_sequences(out: Path, sources: list[ImageSource], opts: SequenceOption
             done = SequenceDone(seq.name, frames=len(seq.frames), error=msg)
         results.append(done)
         emit({"event": "sequence", "name": seq.name, "frames": done.frames, "missing_frames": done.missing,
-              "tracks": done.tracks, "up_to_date": done.skipped, "seconds": round(done.seconds, 3),
+              "tracks": done.tracks, "short_tracks": done.short_tracks, "up_to_date": done.skipped, "seconds": round(done.seconds, 3),
               **({"error": done.error} if done.error else {})})
     return results
