@@ -96,7 +96,7 @@ def benchmark(
                             predictor=GroundTruthPredictor() if ground_truth else None, limit=limit,
                             detector=detector, detector_opts={"score_thr": det_score, "device": dev})
     except (BenchmarkAssetsError, DatasetError, DetectorUnavailable, FileNotFoundError, ValueError) as e:
-        stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        stderr.print(f"error: {e}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     if want_json(json_out):
         print_json(rep)

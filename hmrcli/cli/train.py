@@ -160,7 +160,7 @@ def train(
         else:
             cfg = load_config(config, sets)
     except ConfigError as e:
-        stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        stderr.print(f"error: {e}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     if print_config:
         print_json(config_to_dict(cfg)) if want_json(json_out) else stdout.print_json(json.dumps(config_to_dict(cfg)))
@@ -176,7 +176,7 @@ def train(
         raise typer.Exit(130) from None
     except (TrainError, ConfigError) as e:
         display.stop()
-        stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        stderr.print(f"error: {e}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     finally:
         display.stop()

@@ -175,10 +175,10 @@ def erase_regions(image: np.ndarray, polygons: list[np.ndarray], max_side: int =
 
     out = np.array(image, copy=True)
     polys = [np.round(np.asarray(q, dtype=np.float64)).astype(np.int64) for q in polygons]
-    h, w = out.shape[:2]
-    pts = np.concatenate(polys) if polys else np.zeros((0, 2), np.int64)
-    if not len(pts):
+    if not polys:
         return out
+    h, w = out.shape[:2]
+    pts = np.concatenate(polys)
     scale = min(1.0, max_side / float(max((pts.max(0) - pts.min(0)).max(), 1)))
     pad = int(np.ceil(8 / scale))  # the inpainting reads the 8 pixels around the region (at its scale)
     x0, y0 = np.clip(pts.min(0) - pad, 0, [w, h])

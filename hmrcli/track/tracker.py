@@ -177,9 +177,8 @@ def track_people(frames: list[list[Observation]], options: TrackerOptions | None
     than ``min_frames``, appended to ``short`` (one list per such track, in frame order), when
     those lists are given."""
     opts = options or TrackerOptions()
+    started: list[_Open] = []  # every track, in the order it started
     open_: list[_Open] = []
-    closed: list[_Open] = []
-    n_tracks = 0
     for s, dets in enumerate(frames):
         for o in dets:
             if o.step != s:
@@ -187,20 +186,16 @@ def track_people(frames: list[list[Observation]], options: TrackerOptions | None
         dets, twins = drop_duplicates(dets, opts)
         if dropped is not None:
             dropped.extend(twins)
-        still = []
-        for t in open_:  # close tracks unseen for longer than max_gap
-            (still if s - t.last.step - 1 <= opts.max_gap else closed).append(t)
-        open_ = still
+        open_ = [t for t in open_ if s - t.last.step - 1 <= opts.max_gap]  # unseen longer: closed
         # the cascade: confirmed tracks first, tentative ones from what is left
         confirmed = [t for t in open_ if len(t.track.observations) >= opts.min_frames]
         tentative = [t for t in open_ if len(t.track.observations) < opts.min_frames]
         free = _match(confirmed, dets, list(range(len(dets))), s, opts)
         free = _match(tentative, dets, free, s, opts)
         for j in free:
-            open_.append(_Open(n_tracks, dets[j]))
-            n_tracks += 1
-    every = sorted(closed + open_, key=lambda t: int(t.track.track_id.split("_")[1]))  # start order
-    kept = [t.track for t in every if len(t.track.observations) >= opts.min_frames]
+            started.append(_Open(len(started), dets[j]))
+            open_.append(started[-1])
+    kept = [t.track for t in started if len(t.track.observations) >= opts.min_frames]
     if short is not None:
-        short.extend(t.track.observations for t in every if len(t.track.observations) < opts.min_frames)
+        short.extend(t.track.observations for t in started if len(t.track.observations) < opts.min_frames)
     return [Track(track_name(n), t.observations) for n, t in enumerate(kept)]
